@@ -1,1 +1,171 @@
-//! Launcher.
+//! The launcher: everything that happens to start one VM and see it end.
+//!
+//! 1. Make the VM's private runtime directory (mode 0700).
+//! 2. Open each disk image (the only process that opens paths), bind a listening vhost-user
+//!    socket for it, and spawn one `ward-block` per disk with exactly those two descriptors.
+//! 3. Spawn `ward-vmm` with one end of a control channel, and send it the configuration plus
+//!    the kernel, initrd, serial descriptors and a connected socket to each worker.
+//! 4. Watch: the core's report, children exiting, and SIGINT/SIGTERM/SIGHUP. When the core ends,
+//!    end the workers; when a worker dies first, tell the core to stop and name the worker.
+//!    Children carry `PR_SET_PDEATHSIG`, so even a killed launcher leaves no orphans.
+//!
+//! See `docs/sandboxing.md` for the spawn steps and their order.
+
+mod runtime;
+mod spawn;
+mod watch;
+
+use std::path::PathBuf;
+
+pub use runtime::RuntimeDir;
+use ward_ipc::core::SeccompMode;
+pub use watch::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Invalid VM specification: {0}")]
+    Spec(String),
+    #[error("Cannot create the runtime directory {0}")]
+    RuntimeDir(PathBuf, #[source] std::io::Error),
+    #[error("Cannot open {what} {path}")]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Disk image {0} is in use by another VM")]
+    Locked(PathBuf),
+    #[error("Cannot create the vhost-user socket {0}")]
+    Socket(PathBuf, #[source] std::io::Error),
+    #[error("Cannot find the {0} binary (looked in {1})")]
+    Binary(&'static str, PathBuf),
+    #[error("Cannot start {0}")]
+    Spawn(String, #[source] std::io::Error),
+    #[error("Control channel to the core")]
+    Channel(#[from] ward_ipc::channel::Error),
+    #[error("Cannot set up signal handling")]
+    Signals(#[source] nix::Error),
+    #[error("Waiting for the VM failed")]
+    Wait(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    /// The launcher's own stdout (and stdin as input).
+    Terminal,
+    /// A log file (appended); no input.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+/// One VM, as `ward run` describes it.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub disks: Vec<Disk>,
+    pub console: Console,
+    pub seccomp: SeccompMode,
+    /// Directory holding `ward-vmm` and the workers; defaults to the running binary's.
+    pub bin_dir: Option<PathBuf>,
+    /// Parent of the runtime directories; defaults to `$XDG_RUNTIME_DIR/ward` or `/run/ward`.
+    pub run_root: Option<PathBuf>,
+}
+
+/// Most disks one VM may have: one virtio-mmio slot each (IRQs 5..23).
+pub const MAX_DISKS: usize = 19;
+
+impl VmSpec {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Spec(m));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || self.name.starts_with('.')
+        {
+            return bad(format!(
+                "VM name {:?} must be 1-64 characters of letters, digits, '-', '_' and '.'",
+                self.name
+            ));
+        }
+        if self.vcpus == 0 {
+            return bad("at least one vCPU is needed".into());
+        }
+        if self.disks.len() > MAX_DISKS {
+            return bad(format!("at most {MAX_DISKS} disks are supported"));
+        }
+        Ok(())
+    }
+}
+
+/// Starts the VM and waits for it to end.
+pub fn run(spec: &VmSpec) -> Result<Outcome> {
+    spec.validate()?;
+    watch::run(spec)
+}
+
+/// The name of the `i`th disk in the guest: vda, vdb, … (as Linux names virtio disks).
+pub fn disk_name(i: usize) -> String {
+    let mut n = i;
+    let mut s = Vec::new();
+    loop {
+        s.push(b'a' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    s.reverse();
+    format!("vd{}", String::from_utf8_lossy(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "vm0".into(),
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![],
+            console: Console::Terminal,
+            seccomp: SeccompMode::Enforce,
+            bin_dir: None,
+            run_root: None,
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(25), "vdz");
+        assert_eq!(disk_name(26), "vdaa");
+        let mut s = spec();
+        assert!(s.validate().is_ok());
+        s.name = "../etc".into();
+        assert!(s.validate().is_err());
+        s.name = "ok".into();
+        s.vcpus = 0;
+        assert!(s.validate().is_err());
+    }
+}

@@ -44,7 +44,7 @@ fn table() -> &'static [(&'static str, Insns, Insns)] {
     generated::X86_64_FILTERS
 }
 
-type Insns = &'static [(u16, u8, u8, u32)];
+type Insns = &'static [generated::Insn];
 
 /// The compiled program for `profile`, or `None` when `mode` is [`SeccompMode::Off`].
 pub fn program(profile: Profile, mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {

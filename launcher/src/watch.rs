@@ -1,0 +1,403 @@
+//! Starting the processes of one VM and watching them until the VM ends.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tracing::{info, warn};
+use ward_ipc::channel::Channel;
+use ward_ipc::core::{
+    CoreConfig, CoreToLauncher, DeviceConfig, DeviceKind, ExitReason, LauncherToCore,
+};
+use ward_ipc::FdIndex;
+
+use crate::runtime::{default_root, RuntimeDir};
+use crate::spawn::{spawn, Spawn, FIRST_FD};
+use crate::{disk_name, Console, Error, Result, VmSpec};
+
+/// How a VM ended, as the launcher saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The guest reset or rebooted.
+    GuestReset,
+    /// The guest powered off.
+    GuestShutdown,
+    /// The user stopped it (SIGINT, SIGTERM, SIGHUP).
+    Stopped(String),
+    /// A worker died; the VM was stopped.
+    WorkerLost { device: String, detail: String },
+    /// The core failed (or died).
+    Failed(String),
+}
+
+impl Outcome {
+    /// True when the guest ended the VM itself.
+    pub fn is_guest_exit(&self) -> bool {
+        matches!(self, Outcome::GuestReset | Outcome::GuestShutdown)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::GuestReset => f.write_str("guest reset"),
+            Outcome::GuestShutdown => f.write_str("guest powered off"),
+            Outcome::Stopped(why) => write!(f, "stopped by {why}"),
+            Outcome::WorkerLost { device, detail } => {
+                write!(f, "worker for disk {device} died ({detail}); VM stopped")
+            }
+            Outcome::Failed(e) => write!(f, "VM failed: {e}"),
+        }
+    }
+}
+
+struct Worker {
+    device: String,
+    child: Child,
+}
+
+fn find_binary(spec: &VmSpec, name: &'static str) -> Result<PathBuf> {
+    let dir = match &spec.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default(),
+    };
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::Binary(name, dir))
+    }
+}
+
+fn open(path: &Path, what: &'static str, write: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| Error::Open {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Opens a disk image and locks it: exclusively when writable, shared when read-only, so two
+/// VMs never write one image.
+fn open_disk(path: &Path, readonly: bool) -> Result<File> {
+    let f = open(path, "disk image", !readonly)?;
+    let op = if readonly {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    } | libc::LOCK_NB;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(Error::Locked(path.to_path_buf()));
+    }
+    Ok(f)
+}
+
+pub fn run(spec: &VmSpec) -> Result<Outcome> {
+    let vmm_bin = find_binary(spec, "ward-vmm")?;
+    let block_bin = if spec.disks.is_empty() {
+        None
+    } else {
+        Some(find_binary(spec, "ward-block")?)
+    };
+    let kernel = open(&spec.kernel, "kernel", false)?;
+    let initrd = spec
+        .initrd
+        .as_deref()
+        .map(|p| open(p, "initrd", false))
+        .transpose()?;
+    let (serial_out, serial_in): (File, Option<File>) = match &spec.console {
+        Console::Terminal => (
+            File::from(
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(Error::Wait)?,
+            ),
+            Some(File::from(
+                std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(Error::Wait)?,
+            )),
+        ),
+        Console::File(p) => (
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(p)
+                .map_err(|source| Error::Open {
+                    what: "console log",
+                    path: p.clone(),
+                    source,
+                })?,
+            None,
+        ),
+    };
+
+    // Signals are taken through a signalfd from here on, so that a Ctrl-C between two spawns
+    // still ends everything started so far.
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(Error::Signals)?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(Error::Signals)?;
+
+    let root = spec.run_root.clone().unwrap_or_else(default_root);
+    let rundir = RuntimeDir::create(&root, &spec.name)?;
+    let mut workers: Vec<Worker> = Vec::new();
+    let result = start_and_watch(StartArgs {
+        spec,
+        vmm_bin: &vmm_bin,
+        block_bin: block_bin.as_deref(),
+        rundir: &rundir,
+        kernel,
+        initrd,
+        serial_out,
+        serial_in,
+        sigfd: &sigfd,
+        workers: &mut workers,
+    });
+    for w in &mut workers {
+        end_child(&mut w.child, Duration::from_secs(2));
+    }
+    let _ = mask.thread_unblock();
+    result
+}
+
+struct StartArgs<'a> {
+    spec: &'a VmSpec,
+    vmm_bin: &'a Path,
+    block_bin: Option<&'a Path>,
+    rundir: &'a RuntimeDir,
+    kernel: File,
+    initrd: Option<File>,
+    serial_out: File,
+    serial_in: Option<File>,
+    sigfd: &'a SignalFd,
+    workers: &'a mut Vec<Worker>,
+}
+
+fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
+    let spec = a.spec;
+    let seccomp = spec.seccomp.to_string();
+    let mut sockets = Vec::new();
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let name = disk_name(i);
+        let image = open_disk(&disk.path, disk.readonly)?;
+        let path = a.rundir.path().join(format!("{name}.sock"));
+        let listener = UnixListener::bind(&path).map_err(|e| Error::Socket(path.clone(), e))?;
+        let mut args = vec![
+            "--socket-fd".to_string(),
+            FIRST_FD.to_string(),
+            "--image-fd".to_string(),
+            (FIRST_FD + 1).to_string(),
+            "--name".to_string(),
+            name.clone(),
+            "--seccomp".to_string(),
+            seccomp.clone(),
+        ];
+        if disk.readonly {
+            args.push("--readonly".to_string());
+        }
+        let child = spawn(Spawn {
+            binary: a
+                .block_bin
+                .ok_or(Error::Binary("ward-block", PathBuf::new()))?,
+            args,
+            fds: vec![listener.as_fd(), image.as_fd()],
+            what: format!("block worker for {name}"),
+        })?;
+        info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
+        a.workers.push(Worker {
+            device: name.clone(),
+            child,
+        });
+        // The worker accepts on its copy of the listener; this connection waits in the backlog.
+        let stream = UnixStream::connect(&path).map_err(|e| Error::Socket(path.clone(), e))?;
+        sockets.push((name, stream));
+    }
+
+    let (ours, theirs) = Channel::pair()?;
+    let mut core = spawn(Spawn {
+        binary: a.vmm_bin,
+        args: vec!["--control-fd".into(), FIRST_FD.to_string()],
+        fds: vec![theirs.as_fd()],
+        what: "the core (ward-vmm)".into(),
+    })?;
+    drop(theirs);
+    info!(pid = core.id(), "core started");
+
+    let mut fds: Vec<BorrowedFd<'_>> = vec![a.kernel.as_fd(), a.serial_out.as_fd()];
+    let initrd_idx = a.initrd.as_ref().map(|f| {
+        fds.push(f.as_fd());
+        FdIndex(fds.len() - 1)
+    });
+    let serial_in_idx = a.serial_in.as_ref().map(|f| {
+        fds.push(f.as_fd());
+        FdIndex(fds.len() - 1)
+    });
+    let devices = sockets
+        .iter()
+        .map(|(name, s)| {
+            fds.push(s.as_fd());
+            DeviceConfig {
+                name: name.clone(),
+                kind: DeviceKind::Block,
+                socket: FdIndex(fds.len() - 1),
+            }
+        })
+        .collect();
+    let cfg = CoreConfig {
+        name: spec.name.clone(),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        kernel: FdIndex(0),
+        initrd: initrd_idx,
+        cmdline: spec.cmdline.clone(),
+        serial_out: FdIndex(1),
+        serial_in: serial_in_idx,
+        devices,
+        seccomp: spec.seccomp,
+    };
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = ours.send(&LauncherToCore::Start(Box::new(cfg)), &raw) {
+        end_child(&mut core, Duration::from_secs(1));
+        return Err(e.into());
+    }
+    drop(sockets);
+
+    let outcome = watch(&ours, &mut core, a.workers, a.sigfd);
+    end_child(&mut core, Duration::from_secs(2));
+    Ok(outcome)
+}
+
+/// Waits until the core is gone, and says why the VM ended.
+fn watch(ch: &Channel, core: &mut Child, workers: &mut [Worker], sigfd: &SignalFd) -> Outcome {
+    let mut reported: Option<ExitReason> = None;
+    let mut verdict: Option<Outcome> = None;
+    let mut channel_open = true;
+    let mut stop_sent: Option<Instant> = None;
+    loop {
+        // Reap whatever has exited.
+        if let Ok(Some(st)) = core.try_wait() {
+            let from_core = reported.map(|r| match r {
+                ExitReason::GuestReset => Outcome::GuestReset,
+                ExitReason::GuestShutdown => Outcome::GuestShutdown,
+                ExitReason::Stopped => Outcome::Stopped("request".into()),
+                ExitReason::WorkerLost { device, detail } => Outcome::WorkerLost { device, detail },
+                ExitReason::Error(e) => Outcome::Failed(e),
+            });
+            // What the launcher saw itself (a dead worker, a signal) explains more than the
+            // core's view of the same event.
+            return match (verdict, from_core) {
+                (Some(v), _) => v,
+                (None, Some(o)) => o,
+                (None, None) => Outcome::Failed(format!("the core exited without a report ({st})")),
+            };
+        }
+        for w in workers.iter_mut() {
+            if verdict.is_none() {
+                if let Ok(Some(st)) = w.child.try_wait() {
+                    let detail = describe(st);
+                    warn!(device = %w.device, %detail, "block worker exited");
+                    verdict = Some(Outcome::WorkerLost {
+                        device: w.device.clone(),
+                        detail,
+                    });
+                }
+            }
+        }
+        if verdict.is_some() && stop_sent.is_none() {
+            let _ = ch.send(&LauncherToCore::Stop, &[]);
+            stop_sent = Some(Instant::now());
+        }
+        if let Some(t) = stop_sent {
+            if t.elapsed() > Duration::from_secs(3) {
+                let _ = core.kill();
+            }
+        }
+
+        let mut pfds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        if channel_open {
+            pfds.push(PollFd::new(ch.as_fd(), PollFlags::POLLIN));
+        }
+        // SIGCHLD wakes us for exits; the timeout only bounds the wait after a stop request.
+        let _ = poll(&mut pfds, PollTimeout::from(500u16));
+        let ch_ready = pfds
+            .get(1)
+            .and_then(|p| p.revents())
+            .is_some_and(|r| !r.is_empty());
+        drop(pfds);
+        while let Ok(Some(info)) = sigfd.read_signal() {
+            let sig = Signal::try_from(info.ssi_signo as i32).ok();
+            if let Some(s @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) = sig {
+                if verdict.is_none() {
+                    verdict = Some(Outcome::Stopped(s.as_str().to_string()));
+                }
+            }
+        }
+        if ch_ready {
+            match ch.recv::<CoreToLauncher>() {
+                Ok(r) => match r.msg {
+                    CoreToLauncher::Started => info!("VM started"),
+                    CoreToLauncher::Exited(reason) => reported = Some(reason),
+                },
+                Err(_) => channel_open = false,
+            }
+        }
+    }
+}
+
+fn describe(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => match Signal::try_from(s) {
+            Ok(sig) => format!("killed by {}", sig.as_str()),
+            Err(_) => format!("killed by signal {s}"),
+        },
+        _ => st.to_string(),
+    }
+}
+
+/// Asks a child to stop (SIGTERM), then kills it after `grace`, and reaps it.
+fn end_child(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    let t = Instant::now();
+    while t.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

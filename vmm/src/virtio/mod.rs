@@ -1,0 +1,26 @@
+//! Virtio devices as the core sees them: a virtio-mmio transport in front of a vhost-user
+//! backend that lives in a worker process.
+
+pub mod mmio;
+pub mod vhost_user;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Size of each device kind's configuration space that the core caches.
+pub fn config_size(kind: ward_ipc::core::DeviceKind) -> u32 {
+    match kind {
+        ward_ipc::core::DeviceKind::Block => {
+            std::mem::size_of::<virtio_bindings::virtio_blk::virtio_blk_config>() as u32
+        }
+    }
+}

@@ -1,1 +1,388 @@
-//! Helpers for the integration tests.
+//! Helpers for ward's integration tests: finding the binaries and guests, skipping loudly where
+//! `/dev/kvm` is missing (and recording where it isn't, so CI can insist that KVM tests ran),
+//! running `ward run`, and reading what the probe guest reports.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Directory of the binaries built with the same profile as this test.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// True when `/dev/kvm` can be used. Otherwise says loudly that `test` is skipped. Each KVM
+/// test that does run appends its name to `$WARD_KVM_MARKER`, so `.ci/run` can fail when
+/// `/dev/kvm` exists and no KVM test ran.
+pub fn kvm_available(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("\n*** SKIPPED {test}: /dev/kvm is not available on this machine ***\n");
+        return false;
+    }
+    if let Some(marker) = std::env::var_os("WARD_KVM_MARKER") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(marker)
+        {
+            let _ = writeln!(f, "{test}");
+        }
+    }
+    true
+}
+
+/// Runs `f` while holding an exclusive lock on `path` (serializes builds across test binaries).
+fn with_lock<T>(path: &Path, f: impl FnOnce() -> T) -> T {
+    let lock = File::create(path).expect("create lock file");
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let r = f();
+    drop(lock);
+    r
+}
+
+/// The probe guest ELF, built by `guest/probe/build.sh` if needed.
+pub fn probe_elf() -> PathBuf {
+    let target = repo().join("target");
+    std::fs::create_dir_all(&target).expect("target dir");
+    with_lock(&target.join(".probe-build.lock"), || {
+        let out = Command::new("bash")
+            .arg(repo().join("guest/probe/build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run guest/probe/build.sh");
+        assert!(out.status.success(), "building the probe guest failed");
+        let path = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string(),
+        );
+        assert!(path.is_file(), "probe build printed no ELF path");
+        path
+    })
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::var_os("WARD_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let p = base.join(format!(
+            "ward-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ (std::ptr::addr_of!(tag) as u128)
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A zero-filled (sparse) image of `size` bytes.
+    pub fn image(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.path(name);
+        let f = File::create(&p).expect("create image");
+        f.set_len(size).expect("size image");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The probe guest's disk pattern (see guest/probe/README.md): byte at absolute disk offset
+/// `off` for `seed`.
+pub fn pattern_byte(seed: u64, off: u64) -> u8 {
+    (off.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03))
+        .rotate_left(29) as u8
+}
+
+/// A `ward run` invocation.
+pub struct WardRun {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory: String,
+    pub disks: Vec<String>,
+    pub seccomp: &'static str,
+    pub dir: PathBuf,
+}
+
+impl WardRun {
+    pub fn probe(dir: &TempDir, name: &str, scenarios: &str) -> Self {
+        WardRun {
+            name: name.to_string(),
+            kernel: probe_elf(),
+            initrd: None,
+            cmdline: format!("console=ttyS0 probe.run={scenarios}"),
+            vcpus: 1,
+            memory: "128M".into(),
+            disks: Vec::new(),
+            seccomp: "enforce",
+            dir: dir.0.clone(),
+        }
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join(format!("{}.console", self.name))
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin("ward"));
+        c.arg("run")
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--cmdline")
+            .arg(&self.cmdline)
+            .arg("--vcpus")
+            .arg(self.vcpus.to_string())
+            .arg("--memory")
+            .arg(&self.memory)
+            .arg("--seccomp")
+            .arg(self.seccomp)
+            .arg("--console-log")
+            .arg(self.console_log());
+        if let Some(i) = &self.initrd {
+            c.arg("--initrd").arg(i);
+        }
+        for d in &self.disks {
+            c.arg("--disk").arg(d);
+        }
+        c.env("XDG_RUNTIME_DIR", &self.dir)
+            .env(
+                "WARD_LOG",
+                std::env::var("WARD_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    pub fn spawn(&self) -> Child {
+        let _ = std::fs::remove_file(self.console_log());
+        self.command().spawn().expect("spawn ward")
+    }
+
+    /// Runs to the end (or kills it after `timeout`) and collects what happened.
+    pub fn run(&self, timeout: Duration) -> Finished {
+        let child = self.spawn();
+        finish(child, self.console_log(), timeout)
+    }
+}
+
+/// A finished `ward run`.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub timed_out: bool,
+    pub console: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    /// Lines the probe printed that start with `PROBE `.
+    pub fn probe_lines(&self) -> Vec<&str> {
+        self.console
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.starts_with("PROBE "))
+            .collect()
+    }
+
+    /// The first probe line starting with `PROBE <prefix>`.
+    pub fn probe_line(&self, prefix: &str) -> Option<&str> {
+        let want = format!("PROBE {prefix}");
+        self.probe_lines()
+            .into_iter()
+            .find(|l| l.starts_with(&want))
+    }
+
+    /// Value of `key=` in the first probe line starting with `PROBE <prefix>`.
+    pub fn probe_value(&self, prefix: &str, key: &str) -> Option<String> {
+        let line = self.probe_line(prefix)?;
+        let k = format!("{key}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&k))
+            .map(str::to_string)
+    }
+
+    /// Panics with everything useful unless the guest ran to `PROBE DONE` and reset cleanly.
+    pub fn assert_clean_probe_exit(&self) {
+        assert!(
+            !self.timed_out && self.status.success() && self.probe_line("DONE").is_some(),
+            "probe run did not end cleanly: {self}"
+        );
+    }
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status={} timed_out={} elapsed={:?}\n--- console ---\n{}\n--- stderr ---\n{}",
+            self.status, self.timed_out, self.elapsed, self.console, self.stderr
+        )
+    }
+}
+
+pub fn finish(mut child: Child, console: PathBuf, timeout: Duration) -> Finished {
+    let start = Instant::now();
+    let mut stderr_pipe = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            // SIGTERM first: ward then ends its children in order.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = start.elapsed();
+    let stderr = reader.join().unwrap_or_default();
+    let console = std::fs::read(&console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    Finished {
+        status,
+        timed_out,
+        console,
+        stderr,
+        elapsed,
+    }
+}
+
+/// Polls `f` until it returns `Some`, or gives up after `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Direct children of `pid` whose command name is `comm`.
+pub fn children_named(pid: u32, comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
+        if name == comm && ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The `Seccomp:` mode of every thread of `pid`, as (tid, mode).
+pub fn seccomp_modes(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let tid: u32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
+        if let Ok(st) = std::fs::read_to_string(e.path().join("status")) {
+            if let Some(mode) = st
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(|v| v.trim().to_string())
+            {
+                out.push((tid, mode));
+            }
+        }
+    }
+    out
+}
+
+/// True if a process with this pid still exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}

@@ -35,7 +35,11 @@ pub fn run(i: Inputs<'_>) -> std::io::Result<ExitReason> {
     };
     add(i.exit.evt.as_raw_fd(), EventSet::IN, EXIT)?;
     if let Some(f) = i.serial_in {
-        add(f.as_raw_fd(), EventSet::IN, SERIAL_IN)?;
+        match add(f.as_raw_fd(), EventSet::IN, SERIAL_IN) {
+            // Regular files and /dev/null cannot be polled: there is no input to wait for.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            r => r?,
+        }
     }
     if let Some(c) = i.control {
         add(c.as_raw_fd(), EventSet::IN, CONTROL)?;

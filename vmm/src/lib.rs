@@ -3,6 +3,7 @@
 //! virtio-mmio transport, and connects each virtio device to its worker over vhost-user. It never
 //! opens a disk image or any other file: everything arrives as a descriptor from the launcher.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod devices;
@@ -39,6 +40,8 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error("vCPU")]
     Vcpu(#[from] vcpu::Error),
+    #[error("ACPI tables")]
+    Acpi(#[from] acpi::Error),
     #[error("Loading the guest")]
     Boot(#[from] boot::Error),
     #[error("Device {0}")]
@@ -129,14 +132,30 @@ pub fn run(
     vm.irqfd(&serial_irq, layout::SERIAL_IRQ)?;
 
     let cmdline = guest_cmdline(&cfg.cmdline, cfg.devices.len())?;
-    let rsdp: Option<GuestAddress> = None;
+    let mmio: Vec<acpi::MmioDevice> = (0..cfg.devices.len())
+        .filter_map(layout::virtio_slot)
+        .map(|(base, irq)| acpi::MmioDevice {
+            base,
+            size: layout::VIRTIO_MMIO_SIZE,
+            irq,
+        })
+        .collect();
+    let rsdp = acpi::write_acpi_tables(
+        &ram.mem,
+        GuestAddress(layout::ACPI_START),
+        layout::ACPI_MAX,
+        &acpi::AcpiConfig {
+            vcpus: cfg.vcpus,
+            virtio_mmio: &mmio,
+        },
+    )?;
     let entry = boot::load(
         &ram.mem,
         boot::BootInputs {
             kernel: &mut fds.kernel,
             initrd: fds.initrd.as_mut(),
             cmdline: &cmdline,
-            rsdp,
+            rsdp: Some(rsdp),
         },
     )?;
     info!(?entry, cmdline = %cmdline, "guest loaded");

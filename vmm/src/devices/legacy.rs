@@ -44,12 +44,9 @@ impl I8042 {
 /// SLP_EN with SLP_TYP 5 (the `_S5_` the DSDT declares) powers the VM off.
 pub struct SleepControl(pub Arc<ExitSignal>);
 
-const SLP_EN: u8 = 1 << 5;
-const S5: u8 = 5;
-
 impl SleepControl {
     pub fn write(&self, v: u8) {
-        if v & SLP_EN != 0 && (v >> 2) & 0x7 == S5 {
+        if crate::acpi::is_s5_request(v) {
             self.0.signal(ExitReason::GuestShutdown);
         }
     }

@@ -386,3 +386,24 @@ pub fn alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// True when the host's KVM is the PVM back end, which runs small guest code but cannot boot a
+/// stock Linux guest (it crawls through emulation and stops on instructions it cannot emulate).
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The prepared Linux guest: (kernel, initramfs), prepared by `tests/guest/prepare.sh`.
+pub fn linux_guest() -> (PathBuf, PathBuf) {
+    let dir = repo().join("target/guest/linux");
+    with_lock(&repo().join("target/.linux-guest.lock"), || {
+        if !dir.join("initramfs.cpio.gz").is_file() || !dir.join("vmlinuz").is_file() {
+            let st = Command::new("bash")
+                .arg(repo().join("tests/guest/prepare.sh"))
+                .status()
+                .expect("run tests/guest/prepare.sh");
+            assert!(st.success(), "preparing the Linux guest failed");
+        }
+    });
+    (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"))
+}

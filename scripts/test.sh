@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs all of ward's tests on this machine: formatting, lints, unit tests, and the integration
+# tests that boot the probe guest on the host's /dev/kvm and the Linux guest (directly where
+# the host's KVM can run it, else inside the nested machine). Fails when /dev/kvm exists and no
+# KVM test ran.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+bash scripts/setup-host.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+bash guest/probe/build.sh >/dev/null
+bash tests/guest/prepare.sh
+
+marker="$repo/target/kvm-tests-ran"
+rm -f "$marker"
+export WARD_KVM_MARKER="$marker"
+# Two test threads: there are two cores, and the guests each want one.
+cargo test --workspace -- --test-threads=2
+
+if [ -e /dev/kvm ]; then
+    ran=$(sort -u "$marker" 2>/dev/null | wc -l)
+    if [ "$ran" -eq 0 ]; then
+        echo "FAIL: /dev/kvm exists but no KVM test ran" >&2
+        exit 1
+    fi
+    echo "KVM tests that ran: $ran"
+else
+    echo "WARNING: /dev/kvm is missing here: every KVM test was skipped" >&2
+fi

@@ -51,7 +51,7 @@ fn command(s: &Setup, vmm: Vmm, scenarios: &str, n: usize) -> Command {
             let mut c = Command::new("qemu-system-x86_64");
             c.args([
                 "-M",
-                "microvm",
+                "microvm,acpi=off",
                 "-enable-kvm",
                 "-cpu",
                 "host,-arch-capabilities",
@@ -65,6 +65,10 @@ fn command(s: &Setup, vmm: Vmm, scenarios: &str, n: usize) -> Command {
                 "-no-reboot",
                 "-serial",
                 "stdio",
+                // QEMU 7.2 makes virtio-mmio devices legacy (v1) unless told otherwise; with
+                // acpi=off it lists them on the command line, as ward does.
+                "-global",
+                "virtio-mmio.force-legacy=false",
                 "-kernel",
             ])
             .arg(&s.probe)

@@ -10,6 +10,13 @@ const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+/// Timing information leaf (the VMware convention that QEMU and others follow): EAX = TSC
+/// frequency in kHz, EBX = local APIC timer frequency in kHz.
+const LEAF_TIMING: u32 = 0x4000_0010;
+/// KVM's local APIC timer runs at 1 GHz.
+const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
+
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 /// Extended topology level types (CPUID.0BH:ECX[15:8]).
@@ -25,8 +32,26 @@ fn width(n: u32) -> u32 {
     }
 }
 
-/// Adjusts `cpuid` (as KVM_GET_SUPPORTED_CPUID returned it) for vCPU `id` of `vcpus`.
-pub fn patch(cpuid: &mut CpuId, id: u8, vcpus: u8) {
+/// Adjusts `cpuid` (as KVM_GET_SUPPORTED_CPUID returned it) for vCPU `id` of `vcpus`, and
+/// tells the guest the TSC frequency when it is known (`tsc_khz`).
+pub fn patch(cpuid: &mut CpuId, id: u8, vcpus: u8, tsc_khz: Option<u32>) {
+    if let Some(khz) = tsc_khz {
+        let has_hv = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == LEAF_HYPERVISOR);
+        let has_timing = cpuid.as_slice().iter().any(|e| e.function == LEAF_TIMING);
+        if has_hv && !has_timing {
+            let timing = kvm_bindings::kvm_cpuid_entry2 {
+                function: LEAF_TIMING,
+                eax: khz,
+                ebx: KVM_APIC_BUS_KHZ,
+                ..Default::default()
+            };
+            // A full table keeps its entries; the guest then just lacks the timing leaf.
+            let _ = cpuid.push(timing);
+        }
+    }
     let apic_id = u32::from(id);
     let n = u32::from(vcpus.max(1));
     let core_shift = width(n);
@@ -62,6 +87,7 @@ pub fn patch(cpuid: &mut CpuId, id: u8, vcpus: u8) {
                 // ECX[15:12]: APIC ID bits for cores; ECX[7:0]: cores - 1.
                 e.ecx = (e.ecx & !0xf0ff) | (core_shift << 12) | ((n - 1) & 0xff);
             }
+            LEAF_HYPERVISOR if tsc_khz.is_some() => e.eax = e.eax.max(LEAF_TIMING),
             LEAF_AMD_TOPOLOGY => {
                 e.eax = apic_id;
                 e.ebx = apic_id & 0xff; // compute unit id = core id, one thread per core
@@ -95,7 +121,7 @@ mod tests {
             entry(LEAF_TOPOLOGY, 2),
         ])
         .unwrap();
-        patch(&mut c, 3, 4);
+        patch(&mut c, 3, 4, None);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 3);
         assert_eq!((s[0].ebx >> 16) & 0xff, 4);
@@ -108,5 +134,19 @@ mod tests {
         assert_eq!(width(2), 1);
         assert_eq!(width(3), 2);
         assert_eq!(width(255), 8);
+    }
+
+    #[test]
+    fn timing_leaf_tells_the_tsc_frequency() {
+        let mut c = CpuId::from_entries(&[entry(LEAF_HYPERVISOR, 0)]).unwrap();
+        patch(&mut c, 0, 1, Some(2_596_138));
+        let s = c.as_slice();
+        assert_eq!(s[0].eax, LEAF_TIMING);
+        let t = s.iter().find(|e| e.function == LEAF_TIMING).unwrap();
+        assert_eq!((t.eax, t.ebx), (2_596_138, KVM_APIC_BUS_KHZ));
+        // No hypervisor leaves, no timing leaf.
+        let mut c = CpuId::from_entries(&[entry(LEAF_FEATURES, 0)]).unwrap();
+        patch(&mut c, 0, 1, Some(1000));
+        assert!(c.as_slice().iter().all(|e| e.function != LEAF_TIMING));
     }
 }

@@ -111,7 +111,8 @@ impl Vcpu {
         let mut cpuid: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::SupportedCpuid)?;
-        crate::cpuid::patch(&mut cpuid, id, vcpus);
+        let tsc_khz = fd.get_tsc_khz().ok().filter(|&k| k != 0);
+        crate::cpuid::patch(&mut cpuid, id, vcpus, tsc_khz);
         fd.set_cpuid2(&cpuid).map_err(Error::SetCpuid)?;
         let v = Vcpu { id, fd };
         v.set_msrs()?;

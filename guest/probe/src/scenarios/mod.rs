@@ -10,6 +10,7 @@
 pub mod bad;
 pub mod blk;
 pub mod crash;
+pub mod idle;
 pub mod irq;
 pub mod smp;
 
@@ -170,6 +171,7 @@ pub fn run_all(ctx: &Ctx) {
             b"blk-irq" => irq::run(ctx, &sc),
             b"smp" => smp::run(ctx, &sc),
             b"crash" => crash::run(&sc),
+            b"idle" => idle::run(&sc),
             _ => sc.fail("unknown-scenario"),
         }
     }

@@ -1,0 +1,119 @@
+//! The processes of a VM: each confined by seccomp on every thread, each ended with the VM, and
+//! a dead worker or a stop request ending the VM with a clear reason — no hang, no orphans.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use ward_tests::{
+    alive, children_named, finish, kvm_available, seccomp_modes, wait_for, TempDir, WardRun,
+};
+
+/// Starts a probe guest that idles forever with one disk, and waits until it runs.
+fn start_idle(dir: &TempDir, name: &str) -> (WardRun, std::process::Child, u32, u32) {
+    let mut run = WardRun::probe(dir, name, "idle:0");
+    run.disks = vec![dir.image("disk.img", 4 << 20).display().to_string()];
+    let child = run.spawn();
+    let pid = child.id();
+    let log = run.console_log();
+    let started = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("PROBE idle:0 started"))
+    });
+    assert!(started.is_some(), "probe did not start idling");
+    let core = children_named(pid, "ward-vmm");
+    let worker = children_named(pid, "ward-block");
+    assert_eq!(
+        (core.len(), worker.len()),
+        (1, 1),
+        "core {core:?}, workers {worker:?}"
+    );
+    (run, child, core[0], worker[0])
+}
+
+fn assert_gone(pids: &[u32]) {
+    for &p in pids {
+        let gone = wait_for(Duration::from_secs(10), || (!alive(p)).then_some(()));
+        assert!(gone.is_some(), "process {p} outlived the VM");
+    }
+}
+
+#[test]
+fn every_thread_of_core_and_worker_is_confined() {
+    if !kvm_available("every_thread_of_core_and_worker_is_confined") {
+        return;
+    }
+    let dir = TempDir::new("seccomp-threads");
+    let (run, child, core, worker) = start_idle(&dir, "confined");
+    let core_threads = seccomp_modes(core);
+    let worker_threads = seccomp_modes(worker);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let fin = finish(child, run.console_log(), Duration::from_secs(20));
+    // Main thread and one vCPU thread at least; the worker has its vhost-user threads.
+    assert!(core_threads.len() >= 2, "{core_threads:?}");
+    assert!(worker_threads.len() >= 2, "{worker_threads:?}");
+    for (what, threads) in [("core", &core_threads), ("worker", &worker_threads)] {
+        for (tid, mode) in threads.iter() {
+            assert_eq!(
+                mode, "2",
+                "{what} thread {tid} is not in seccomp filter mode: {fin}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigterm_stops_the_vm_and_leaves_nothing_behind() {
+    if !kvm_available("sigterm_stops_the_vm_and_leaves_nothing_behind") {
+        return;
+    }
+    let dir = TempDir::new("sigterm");
+    let (run, child, core, worker) = start_idle(&dir, "stopme");
+    assert!(
+        dir.path("ward/stopme").is_dir(),
+        "runtime directory missing"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let fin = finish(child, run.console_log(), Duration::from_secs(20));
+    assert!(!fin.timed_out, "{fin}");
+    assert_eq!(fin.status.code(), Some(130), "{fin}");
+    assert!(fin.stderr.contains("stopped by SIGTERM"), "{fin}");
+    assert_gone(&[core, worker]);
+    assert!(
+        !dir.path("ward/stopme").exists(),
+        "runtime directory left behind"
+    );
+}
+
+#[test]
+fn a_killed_block_worker_ends_the_vm_with_its_name() {
+    if !kvm_available("a_killed_block_worker_ends_the_vm_with_its_name") {
+        return;
+    }
+    let dir = TempDir::new("killworker");
+    let (run, child, core, worker) = start_idle(&dir, "killworker");
+    kill(Pid::from_raw(worker as i32), Signal::SIGKILL).unwrap();
+    let fin = finish(child, run.console_log(), Duration::from_secs(20));
+    assert!(!fin.timed_out, "ward hung after its worker died: {fin}");
+    assert_eq!(fin.status.code(), Some(1), "{fin}");
+    assert!(
+        fin.stderr
+            .contains("worker for disk vda died (killed by SIGKILL)"),
+        "error should name the worker and how it died: {fin}"
+    );
+    assert_gone(&[core, worker]);
+}
+
+#[test]
+fn a_killed_launcher_leaves_no_orphans() {
+    if !kvm_available("a_killed_launcher_leaves_no_orphans") {
+        return;
+    }
+    let dir = TempDir::new("killlauncher");
+    let (run, mut child, core, worker) = start_idle(&dir, "killlauncher");
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_gone(&[core, worker]);
+    drop(run);
+}

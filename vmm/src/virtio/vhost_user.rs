@@ -27,6 +27,8 @@ pub enum Error {
     NoQueues,
     #[error("Backend returned {got} bytes of configuration space instead of {want}")]
     ConfigSize { got: usize, want: usize },
+    #[error("Vring at guest address {0:#x} ({1} bytes) is not inside guest RAM")]
+    RingOutsideRam(u64, u64),
     #[error("Cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
 }
@@ -53,6 +55,18 @@ pub struct VhostUserDevice {
     protocol_features: bool,
     /// Queues handed to the backend, to stop on reset.
     started: Vec<usize>,
+}
+
+/// The core's address of `len` bytes of guest RAM at `gpa`, which must be contiguous in one
+/// region.
+fn host_addr(ram: &GuestRam, gpa: u64, len: u64) -> Result<u64, Error> {
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    let bad = || Error::RingOutsideRam(gpa, len);
+    let slice = ram
+        .mem
+        .get_slice(GuestAddress(gpa), usize::try_from(len).map_err(|_| bad())?)
+        .map_err(|_| bad())?;
+    Ok(slice.ptr_guard().as_ptr() as u64)
 }
 
 fn req<T>(name: &'static str, r: vhost::Result<T>) -> Result<T, Error> {
@@ -134,13 +148,17 @@ impl VhostUserDevice {
         )?;
         for (i, q) in queues.iter().enumerate() {
             let Some(q) = q else { continue };
+            // vhost-user speaks of vrings by the frontend's own virtual addresses, which the
+            // backend translates through the memory table. The guest chose these addresses:
+            // each ring must lie entirely inside guest RAM.
+            let size = u64::from(q.size);
             let addrs = VringConfigData {
                 queue_max_size: q.size,
                 queue_size: q.size,
                 flags: 0,
-                desc_table_addr: q.desc,
-                used_ring_addr: q.used,
-                avail_ring_addr: q.avail,
+                desc_table_addr: host_addr(ram, q.desc, 16 * size)?,
+                used_ring_addr: host_addr(ram, q.used, 6 + 8 * size)?,
+                avail_ring_addr: host_addr(ram, q.avail, 6 + 2 * size)?,
                 log_addr: None,
             };
             req("SET_VRING_NUM", self.frontend.set_vring_num(i, q.size))?;

@@ -1,1 +1,93 @@
-fn main() {}
+//! `ward-block`: ward's vhost-user-blk worker. Started by the launcher with a listening socket
+//! and a disk image as inherited descriptors; see the library documentation for what it does
+//! and `ward_block::exit_code` for how it ends.
+
+use std::os::fd::RawFd;
+
+use clap::Parser;
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+use ward_block::{exit_code, Config, ConfigError};
+use ward_ipc::core::SeccompMode;
+
+/// Default log filter. virtio-queue logs some guest-caused ring errors itself, without a rate
+/// limit; we count those ourselves (and log them rate-limited), so its own lines stay off.
+const DEFAULT_LOG: &str = "info,virtio_queue=off";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ward-block",
+    about = "ward's vhost-user-blk worker (started by the launcher)"
+)]
+struct Args {
+    /// Inherited descriptor of a listening Unix stream socket for the vhost-user frontend.
+    #[arg(long)]
+    socket_fd: RawFd,
+    /// Inherited descriptor of the disk image (raw), opened by the launcher.
+    #[arg(long)]
+    image_fd: RawFd,
+    /// Serve the disk read-only (VIRTIO_BLK_F_RO); writes fail.
+    #[arg(long)]
+    readonly: bool,
+    /// Device name, for logs and as the default device ID.
+    #[arg(long)]
+    name: String,
+    /// Seccomp filter mode: enforce, log or off.
+    #[arg(long, default_value = "enforce")]
+    seccomp: SeccompMode,
+    /// Device ID the guest reads with GET_ID (at most 20 bytes); defaults to the name.
+    #[arg(long)]
+    serial: Option<String>,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        let cfg = Config {
+            socket_fd: a.socket_fd,
+            image_fd: a.image_fd,
+            readonly: a.readonly,
+            name: a.name,
+            serial: a.serial,
+            seccomp: a.seccomp,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The error and its causes, outermost first.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match Config::try_from(Args::parse()) {
+        Err(e) => {
+            error!("{}", chain(&e));
+            exit_code::USAGE
+        }
+        Ok(cfg) => match ward_block::run(cfg) {
+            Ok(()) => exit_code::OK,
+            Err(e) => {
+                error!("{}", chain(&e));
+                e.exit_code()
+            }
+        },
+    };
+    std::process::exit(code);
+}

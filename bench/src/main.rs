@@ -2,25 +2,71 @@
 //! and ward/QEMU ratios) for BENCHMARKS.md. Run it through `bench/run.sh`, which builds release
 //! binaries first.
 
+mod linux;
 mod measure;
 mod probe;
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Runs per VMM and measurement.
     #[arg(long, default_value_t = 7)]
     runs: usize,
     /// Requests per block burst.
     #[arg(long, default_value_t = 20000)]
     burst: u64,
+    /// Runs of the Linux guest benchmark (each boots Linux twice).
+    #[arg(long, default_value_t = 5)]
+    linux_runs: usize,
+    /// Skip the Linux guest benchmark.
+    #[arg(long)]
+    no_linux: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The Linux part, run where the VMs run (inside the nested machine).
+    InnerLinux {
+        #[arg(long)]
+        runs: usize,
+        #[arg(long)]
+        ward_dir: PathBuf,
+        #[arg(long)]
+        qemu: PathBuf,
+        #[arg(long)]
+        qemu_data: Option<PathBuf>,
+        #[arg(long)]
+        guest: PathBuf,
+        #[arg(long)]
+        disk: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::InnerLinux {
+        runs,
+        ward_dir,
+        qemu,
+        qemu_data,
+        guest,
+        disk,
+    }) = args.cmd
+    {
+        return linux::inner(&linux::Inner {
+            ward_dir,
+            qemu,
+            qemu_data,
+            guest,
+            disk,
+            runs,
+        });
+    }
     let exe = std::env::current_exe()?;
     let bin_dir = exe
         .parent()
@@ -28,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no binary directory"))?;
     let tmp = ward_tests::TempDir::new("bench");
     let setup = probe::Setup {
-        bin_dir,
+        bin_dir: bin_dir.clone(),
         probe: ward_tests::probe_elf(),
         image: probe::image(&tmp.0)?,
         rundir: tmp.0.clone(),
@@ -38,5 +84,14 @@ fn main() -> anyhow::Result<()> {
     };
     let results = probe::run(&setup)?;
     println!("{}", probe::report(&setup, &results));
+    if !args.no_linux {
+        let report = if ward_tests::host_is_pvm() {
+            println!("Linux guest: inside the nested machine (this host's KVM is PVM).\n");
+            linux::nested(&bin_dir, args.linux_runs, &tmp.0)?
+        } else {
+            linux::direct(&bin_dir, args.linux_runs, &tmp.0)?
+        };
+        println!("{report}");
+    }
     Ok(())
 }

@@ -41,10 +41,10 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(s.binary);
     cmd.args(&s.args).env_clear().stdin(Stdio::null());
-    for var in ["WARD_LOG", "RUST_BACKTRACE"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
+    // Not RUST_BACKTRACE: printing a backtrace opens the binary, which confined processes may
+    // not do, so a panic would show up as SIGSYS instead of an abort.
+    if let Some(v) = std::env::var_os("WARD_LOG") {
+        cmd.env("WARD_LOG", v);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (prctl, getppid, sigprocmask, setpgid, dup2) on descriptors that exist.

@@ -302,8 +302,47 @@ fn watch(ch: &Channel, core: &mut Child, workers: &mut [Worker], sigfd: &SignalF
     let mut channel_open = true;
     let mut stop_sent: Option<Instant> = None;
     loop {
+        // Workers first: a killed worker is reapable before the core notices it is gone, so its
+        // own exit status gets to name the cause.
+        // A worker that exits cleanly does so because its frontend (the core) went away: the
+        // core's report says why. A worker that fails or is killed is news, unless the VM has
+        // already ended.
+        for w in workers.iter_mut() {
+            let vm_over = matches!(
+                reported,
+                Some(ExitReason::GuestReset | ExitReason::GuestShutdown | ExitReason::Stopped)
+            );
+            if verdict.is_none() && !vm_over {
+                if let Ok(Some(st)) = w.child.try_wait() {
+                    if !st.success() {
+                        let detail = describe(st);
+                        warn!(device = %w.device, %detail, "block worker exited");
+                        verdict = Some(Outcome::WorkerLost {
+                            device: w.device.clone(),
+                            detail,
+                        });
+                    }
+                }
+            }
+        }
         // Reap whatever has exited.
         if let Ok(Some(st)) = core.try_wait() {
+            // The core's last words may still sit in the channel: read them first.
+            while channel_open {
+                let mut pfd = [PollFd::new(ch.as_fd(), PollFlags::POLLIN)];
+                let ready = poll(&mut pfd, PollTimeout::ZERO).unwrap_or(0) > 0;
+                if !ready {
+                    break;
+                }
+                match ch.recv::<CoreToLauncher>() {
+                    Ok(r) => {
+                        if let CoreToLauncher::Exited(reason) = r.msg {
+                            reported = Some(reason);
+                        }
+                    }
+                    Err(_) => channel_open = false,
+                }
+            }
             let from_core = reported.map(|r| match r {
                 ExitReason::GuestReset => Outcome::GuestReset,
                 ExitReason::GuestShutdown => Outcome::GuestShutdown,
@@ -318,18 +357,6 @@ fn watch(ch: &Channel, core: &mut Child, workers: &mut [Worker], sigfd: &SignalF
                 (None, Some(o)) => o,
                 (None, None) => Outcome::Failed(format!("the core exited without a report ({st})")),
             };
-        }
-        for w in workers.iter_mut() {
-            if verdict.is_none() {
-                if let Ok(Some(st)) = w.child.try_wait() {
-                    let detail = describe(st);
-                    warn!(device = %w.device, %detail, "block worker exited");
-                    verdict = Some(Outcome::WorkerLost {
-                        device: w.device.clone(),
-                        detail,
-                    });
-                }
-            }
         }
         if verdict.is_some() && stop_sent.is_none() {
             let _ = ch.send(&LauncherToCore::Stop, &[]);

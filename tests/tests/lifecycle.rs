@@ -87,6 +87,20 @@ fn sigterm_stops_the_vm_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn ctrl_c_stops_the_vm_and_leaves_nothing_behind() {
+    if !kvm_available("ctrl_c_stops_the_vm_and_leaves_nothing_behind") {
+        return;
+    }
+    let dir = TempDir::new("sigint");
+    let (run, child, core, worker) = start_idle(&dir, "ctrlc");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let fin = finish(child, run.console_log(), Duration::from_secs(20));
+    assert_eq!(fin.status.code(), Some(130), "{fin}");
+    assert!(fin.stderr.contains("stopped by SIGINT"), "{fin}");
+    assert_gone(&[core, worker]);
+}
+
+#[test]
 fn a_killed_block_worker_ends_the_vm_with_its_name() {
     if !kvm_available("a_killed_block_worker_ends_the_vm_with_its_name") {
         return;

@@ -1,0 +1,207 @@
+//! The Linux guest's boot, ward against QEMU microvm, inside the nested machine (or directly on
+//! a host whose KVM can run Linux): VMM start → `WARD-GUEST READY`, and → exit, medians of
+//! interleaved runs. The part inside the nested machine is this same binary (`inner-linux`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::measure::{self, median};
+
+const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+/// Paths as seen where the VMs run.
+pub struct Inner {
+    pub ward_dir: PathBuf,
+    pub qemu: PathBuf,
+    /// QEMU's firmware directory (`-L`).
+    pub qemu_data: Option<PathBuf>,
+    pub guest: PathBuf,
+    pub disk: PathBuf,
+    pub runs: usize,
+}
+
+fn ward_cmd(i: &Inner, n: usize) -> Command {
+    let mut c = Command::new(i.ward_dir.join("ward"));
+    c.args(["run", "--memory", "256M", "--vcpus", "1", "--name"])
+        .arg(format!("lbench{n}"))
+        .arg("--kernel")
+        .arg(i.guest.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(i.guest.join("initramfs.cpio.gz"))
+        .arg("--disk")
+        .arg(&i.disk)
+        .arg("--cmdline")
+        .arg(CMDLINE);
+    c
+}
+
+fn qemu_cmd(i: &Inner) -> Command {
+    let mut c = Command::new(&i.qemu);
+    if let Some(d) = &i.qemu_data {
+        c.arg("-L").arg(d);
+    }
+    c.args([
+        "-M",
+        "microvm",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "256M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-kernel",
+    ])
+    .arg(i.guest.join("vmlinuz"))
+    .arg("-initrd")
+    .arg(i.guest.join("initramfs.cpio.gz"))
+    .args(["-append", CMDLINE, "-drive"])
+    .arg(format!(
+        "id=d0,file={},format=raw,if=none",
+        i.disk.display()
+    ))
+    .args(["-device", "virtio-blk-device,drive=d0"]);
+    c
+}
+
+/// Runs the measurements here and prints one `BENCH-LINUX` line per run.
+pub fn inner(i: &Inner) -> anyhow::Result<()> {
+    for n in 0..i.runs {
+        let order = if n % 2 == 0 {
+            ["ward", "qemu"]
+        } else {
+            ["qemu", "ward"]
+        };
+        for vmm in order {
+            let cmd = if vmm == "ward" {
+                ward_cmd(i, n)
+            } else {
+                qemu_cmd(i)
+            };
+            let r = measure::run(cmd, Duration::from_secs(120))?;
+            let ready = r
+                .line_time("WARD-GUEST READY")
+                .ok_or_else(|| anyhow::anyhow!("{vmm}: no READY line: {:?}", r.lines))?;
+            println!(
+                "BENCH-LINUX vmm={vmm} ready_ms={:.1} exit_ms={:.1} peak_mib={:.1}",
+                ready.as_secs_f64() * 1e3,
+                r.exit.as_secs_f64() * 1e3,
+                r.peak_pss_kib as f64 / 1024.0
+            );
+        }
+    }
+    Ok(())
+}
+
+fn values(out: &str, vmm: &str, key: &str) -> Vec<f64> {
+    let tag = format!("vmm={vmm} ");
+    let k = format!("{key}=");
+    out.lines()
+        .filter(|l| l.starts_with("BENCH-LINUX ") && l.contains(&tag))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(&k)))
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// Runs `inner` inside the nested machine and reports medians.
+pub fn nested(bin_dir: &Path, runs: usize, tmp: &Path) -> anyhow::Result<String> {
+    let (kernel, initrd) = ward_tests::linux_guest();
+    let disk = tmp.join("linux-bench.img");
+    std::fs::File::create(&disk)?.set_len(64 << 20)?;
+    let qemu = which("qemu-system-x86_64")?;
+    let mut c = Command::new("bash");
+    c.arg(ward_tests::repo().join("tests/nested/run-nested.sh"))
+        .args(["--timeout", "1500", "--mem", "3072"]);
+    for b in ["ward", "ward-vmm", "ward-block", "ward-bench"] {
+        c.arg("--bin").arg(bin_dir.join(b));
+    }
+    c.arg("--bin").arg(&qemu);
+    for (src, dest) in [
+        ("/usr/share/qemu/qboot.rom", "/ward/qemu/bios-microvm.bin"),
+        (
+            "/usr/share/qemu/linuxboot_dma.bin",
+            "/ward/qemu/linuxboot_dma.bin",
+        ),
+        ("/usr/share/qemu/kvmvapic.bin", "/ward/qemu/kvmvapic.bin"),
+    ] {
+        c.arg("--file").arg(format!("{src}:{dest}"));
+    }
+    c.arg("--file")
+        .arg(format!("{}:/ward/guest/", kernel.display()))
+        .arg("--file")
+        .arg(format!("{}:/ward/guest/", initrd.display()))
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--cmd")
+        .arg(format!(
+            "ward-bench inner-linux --runs {runs} --ward-dir /ward/bin --qemu /ward/bin/qemu-system-x86_64 \
+             --qemu-data /ward/qemu --guest /ward/guest --disk /dev/vda"
+        ));
+    let out = c.output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        anyhow::bail!("nested benchmark failed ({}):\n{text}", out.status);
+    }
+    Ok(report(&text, runs))
+}
+
+/// Runs `inner` directly on this host (real KVM) and reports medians.
+pub fn direct(bin_dir: &Path, runs: usize, tmp: &Path) -> anyhow::Result<String> {
+    let (kernel, _) = ward_tests::linux_guest();
+    let disk = tmp.join("linux-bench.img");
+    std::fs::File::create(&disk)?.set_len(64 << 20)?;
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(["inner-linux", "--runs", &runs.to_string(), "--ward-dir"])
+        .arg(bin_dir)
+        .arg("--qemu")
+        .arg(which("qemu-system-x86_64")?)
+        .arg("--guest")
+        .arg(kernel.parent().expect("guest dir"))
+        .arg("--disk")
+        .arg(&disk)
+        .env("XDG_RUNTIME_DIR", tmp)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        anyhow::bail!("Linux benchmark failed:\n{text}");
+    }
+    Ok(report(&text, runs))
+}
+
+fn which(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{name} not found on PATH"))
+}
+
+fn report(out: &str, runs: usize) -> String {
+    let mut t = String::from(
+        "| Linux guest (Debian 6.1 cloud kernel), 1 vCPU, 256 MiB, one disk | ward (median) | QEMU microvm (median) | ward/QEMU | target |\n|---|---|---|---|---|\n",
+    );
+    for (what, key, unit) in [
+        ("VMM start → WARD-GUEST READY", "ready_ms", "ms"),
+        ("VMM start → exit (guest reboot)", "exit_ms", "ms"),
+        ("peak memory (PSS, all processes)", "peak_mib", "MiB"),
+    ] {
+        let w = median(values(out, "ward", key));
+        let q = median(values(out, "qemu", key));
+        let ratio = w / q;
+        let verdict = if ratio <= 1.0 { "met" } else { "missed" };
+        t += &format!("| {what} | {w:.1} {unit} | {q:.1} {unit} | {ratio:.2} | {verdict} |\n");
+    }
+    t += &format!("\n{runs} runs each, interleaved.\n");
+    t
+}

@@ -160,15 +160,24 @@ pub fn report(s: &Setup, r: &[Results; 2]) -> String {
     let [w, q] = r;
     let row = |what: &str, unit: &str, a: &[f64], b: &[f64], better_low: bool| {
         let (ma, mb) = (median(a.to_vec()), median(b.to_vec()));
+        let range = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{lo:.0}–{hi:.0}")
+        };
         let ratio = ma / mb;
         let verdict = if (better_low && ratio <= 1.0) || (!better_low && ratio >= 1.0) {
             "met"
         } else {
             "missed"
         };
-        format!("| {what} | {ma:.1} {unit} | {mb:.1} {unit} | {ratio:.2} | {verdict} |\n")
+        format!(
+            "| {what} | {ma:.1} {unit} ({}) | {mb:.1} {unit} ({}) | {ratio:.2} | {verdict} |\n",
+            range(a),
+            range(b)
+        )
     };
-    let mut t = String::from("| probe guest, 1 vCPU, 128 MiB, one raw disk | ward (median) | QEMU (median) | ward/QEMU | target |\n|---|---|---|---|---|\n");
+    let mut t = String::from("| probe guest, 1 vCPU, 128 MiB, one raw disk | ward: median (min–max) | QEMU: median (min–max) | ward/QEMU | target |\n|---|---|---|---|---|\n");
     t += &row(
         "process start → PROBE READY",
         "ms",

@@ -18,7 +18,8 @@ marker="$repo/target/kvm-tests-ran"
 rm -f "$marker"
 export WARD_KVM_MARKER="$marker"
 # Two test threads: there are two cores, and the guests each want one.
-cargo test --workspace -- --test-threads=2
+out="$repo/target/test-output.log"
+cargo test --workspace -- --test-threads=2 2>&1 | tee "$out"
 
 if [ -e /dev/kvm ]; then
     ran=$(sort -u "$marker" 2>/dev/null | wc -l)
@@ -30,3 +31,7 @@ if [ -e /dev/kvm ]; then
 else
     echo "WARNING: /dev/kvm is missing here: every KVM test was skipped" >&2
 fi
+
+# One closing line for the whole run (cargo prints one per test binary, the last being the
+# doc-tests, which are empty).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$out"

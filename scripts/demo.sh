@@ -29,7 +29,7 @@ if [ ! -d /sys/module/kvm_pvm ]; then
     echo "demo: you get a shell on the serial console; 'exit' ends the VM."
     exec "$bin/ward" run --name demo --kernel "$guest/vmlinuz" --initrd "$guest/initramfs.cpio.gz" \
         --vcpus 2 --memory 512M --disk "$img" \
-        --cmdline "console=ttyS0 reboot=k panic=-1 quiet ward.shell=1"
+        --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet ward.shell=1"
 fi
 
 cat <<'MSG'
@@ -47,7 +47,7 @@ trap 'rm -f "$script"' EXIT
 cat >"$script" <<'INNER'
 run=$(printf '%s' 'echo; echo "Hello from the Debian guest on ward:"; uname -sr; echo "CPUs: $(nproc)"; echo "disk: /dev/vda, $(cat /sys/block/vda/size) sectors"; echo "hello from the guest" | dd of=/dev/vda bs=512 seek=1000 conv=fsync 2>/dev/null && echo "wrote sector 1000 of /dev/vda"' | base64 | tr -d '\n')
 ward run --name demo --kernel /ward/guest/vmlinuz --initrd /ward/guest/initramfs.cpio.gz \
-    --vcpus 2 --memory 256M --disk /dev/vda --cmdline "console=ttyS0 reboot=k panic=-1 quiet ward.run=$run"
+    --vcpus 2 --memory 256M --disk /dev/vda --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet ward.run=$run"
 echo "ward exited with $?"
 INNER
 bash tests/nested/run-nested.sh --bin "$bin/ward" --bin "$bin/ward-vmm" --bin "$bin/ward-block" \

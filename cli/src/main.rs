@@ -38,7 +38,7 @@ struct RunArgs {
     #[arg(long, short = 'i')]
     initrd: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, short = 'c', default_value = "console=ttyS0 reboot=k panic=-1")]
+    #[arg(long, short = 'c', default_value = "console=ttyS0 reboot=k panic=-1 pci=off")]
     cmdline: String,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]

@@ -21,7 +21,7 @@
 //!
 //! # Logs
 //!
-//! `tracing` to stderr, filtered by `WARD_LOG` (`RUST_LOG` syntax; default `info`, with
+//! `tracing` to stderr, filtered by `WARD_LOG` (`RUST_LOG` syntax; default `warn`, with
 //! virtio-queue's own unthrottled ring errors off). Everything
 //! the device logs is inside one span, `block{device=vda}`. Lines a guest can trigger are
 //! rate limited ([`metrics::should_log`]) and counted in [`metrics::Metrics`], which is logged

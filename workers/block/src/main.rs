@@ -12,7 +12,7 @@ use ward_ipc::core::SeccompMode;
 
 /// Default log filter. virtio-queue logs some guest-caused ring errors itself, without a rate
 /// limit; we count those ourselves (and log them rate-limited), so its own lines stay off.
-const DEFAULT_LOG: &str = "info,virtio_queue=off";
+const DEFAULT_LOG: &str = "warn,virtio_queue=off";
 
 #[derive(Parser, Debug)]
 #[command(

@@ -193,3 +193,27 @@ fn read_only_disk_refuses_writes() {
         "read-only image changed"
     );
 }
+
+#[test]
+fn completions_interrupt_the_guest_through_the_irqfd() {
+    if !kvm_available("completions_interrupt_the_guest_through_the_irqfd") {
+        return;
+    }
+    let dir = TempDir::new("blk-irq");
+    let img = dir.image("disk.img", 1 << 20);
+    let mut run = WardRun::probe(&dir, "blkirq", "blk-irq:0");
+    run.disks = vec![img.display().to_string()];
+    let fin = run.run(Duration::from_secs(60));
+    fin.assert_clean_probe_exit();
+    let line = fin
+        .probe_line("blk-irq:0 OK")
+        .unwrap_or_else(|| panic!("{fin}"));
+    assert!(
+        line.contains("interrupts=1") && line.contains("isr=0x1"),
+        "{line}"
+    );
+    assert!(
+        line.contains("status=OK") && line.contains("gsi=5"),
+        "{line}"
+    );
+}

@@ -56,6 +56,9 @@ pub enum Error {
     EventLoop(#[source] std::io::Error),
 }
 
+/// How long the core waits for a worker's reply to a vhost-user request.
+const VHOST_USER_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The descriptors a [`CoreConfig`] names, taken out of the start message.
 pub struct CoreFds {
     pub kernel: File,
@@ -108,6 +111,12 @@ pub fn run(
         let (base, irq) = layout::virtio_slot(i)
             .ok_or_else(|| Error::Config(format!("too many devices ({})", cfg.devices.len())))?;
         let stream = UnixStream::from(sock);
+        // A worker that stops answering must not hang a vCPU thread forever (device set-up
+        // happens on the vCPU that writes DRIVER_OK): its request fails and the device is
+        // marked as needing a reset instead.
+        stream
+            .set_read_timeout(Some(VHOST_USER_REPLY_TIMEOUT))
+            .map_err(|e| Error::Config(format!("device {}: {e}", dev.name)))?;
         let hup = stream
             .try_clone()
             .map_err(|e| Error::Config(format!("device {}: {e}", dev.name)))?;

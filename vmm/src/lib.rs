@@ -56,9 +56,6 @@ pub enum Error {
     EventLoop(#[source] std::io::Error),
 }
 
-/// How long the core waits for a worker's reply to a vhost-user request.
-const VHOST_USER_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The descriptors a [`CoreConfig`] names, taken out of the start message.
 pub struct CoreFds {
     pub kernel: File,
@@ -104,6 +101,18 @@ pub fn run(
     let vm = vm::Vm::new(&ram)?;
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
 
+    // Every exchange with a worker runs against a deadline (see virtio::watchdog).
+    let watchdog = Arc::new(virtio::watchdog::Watchdog::default());
+    let mode = cfg.seccomp;
+    let wd_exit = exit.clone();
+    watchdog
+        .spawn(move || {
+            if let Err(e) = seccomp::apply_to_thread(Profile::CoreMain, mode) {
+                wd_exit.signal(ExitReason::Error(format!("watchdog seccomp: {e}")));
+            }
+        })
+        .map_err(Error::Thread)?;
+
     // Devices: connect to each worker, then wire its queues and interrupt into KVM.
     let mut virtio = Vec::new();
     let mut watch = Vec::new();
@@ -111,17 +120,12 @@ pub fn run(
         let (base, irq) = layout::virtio_slot(i)
             .ok_or_else(|| Error::Config(format!("too many devices ({})", cfg.devices.len())))?;
         let stream = UnixStream::from(sock);
-        // A worker that stops answering must not hang a vCPU thread forever (device set-up
-        // happens on the vCPU that writes DRIVER_OK): its request fails and the device is
-        // marked as needing a reset instead.
-        stream
-            .set_read_timeout(Some(VHOST_USER_REPLY_TIMEOUT))
-            .map_err(|e| Error::Config(format!("device {}: {e}", dev.name)))?;
         let hup = stream
             .try_clone()
             .map_err(|e| Error::Config(format!("device {}: {e}", dev.name)))?;
-        let backend = VhostUserDevice::connect(stream, virtio::config_size(dev.kind))
-            .map_err(|e| Error::Device(dev.name.clone(), e))?;
+        let backend =
+            VhostUserDevice::connect(stream, virtio::config_size(dev.kind), watchdog.clone())
+                .map_err(|e| Error::Device(dev.name.clone(), e))?;
         for (q, kick) in backend.kicks.iter().enumerate() {
             vm.ioeventfd(kick, base + virtio::mmio::QUEUE_NOTIFY_OFFSET, q as u32)?;
         }

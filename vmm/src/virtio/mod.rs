@@ -3,6 +3,7 @@
 
 pub mod mmio;
 pub mod vhost_user;
+pub mod watchdog;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {

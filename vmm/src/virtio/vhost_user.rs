@@ -2,12 +2,14 @@
 //! and handing over guest memory, vrings, kick and call eventfds when the driver is ready.
 
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watchdog::{Watchdog, EXCHANGE_TIMEOUT};
 use crate::memory::GuestRam;
 
 /// Bit 30 of the feature word: the backend speaks vhost-user protocol features.
@@ -29,7 +31,7 @@ pub enum Error {
     ConfigSize { got: usize, want: usize },
     #[error("Vring at guest address {0:#x} ({1} bytes) is not inside guest RAM")]
     RingOutsideRam(u64, u64),
-    #[error("Cannot create an eventfd")]
+    #[error("Cannot create an eventfd or socket handle")]
     EventFd(#[source] std::io::Error),
 }
 
@@ -44,6 +46,8 @@ pub struct QueueSetup {
 
 pub struct VhostUserDevice {
     frontend: Frontend,
+    watchdog: Arc<Watchdog>,
+    watch_id: usize,
     /// Features the backend offers, as the driver may see them.
     pub device_features: u64,
     pub queue_num: usize,
@@ -75,7 +79,13 @@ fn req<T>(name: &'static str, r: vhost::Result<T>) -> Result<T, Error> {
 
 impl VhostUserDevice {
     /// Performs the connection-time handshake and caches the configuration space.
-    pub fn connect(stream: UnixStream, config_size: u32) -> Result<Self, Error> {
+    pub fn connect(
+        stream: UnixStream,
+        config_size: u32,
+        watchdog: Arc<Watchdog>,
+    ) -> Result<Self, Error> {
+        let watch_id = watchdog.register(stream.try_clone().map_err(Error::EventFd)?);
+        let armed = watchdog.arm(watch_id, EXCHANGE_TIMEOUT);
         let mut frontend = Frontend::from_stream(stream, MAX_QUEUES as u64);
         req("SET_OWNER", frontend.set_owner())?;
         let features = req("GET_FEATURES", frontend.get_features())?;
@@ -118,8 +128,11 @@ impl VhostUserDevice {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
         let call = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        drop(armed);
         Ok(VhostUserDevice {
             frontend,
+            watchdog,
+            watch_id,
             device_features: features & !VHOST_USER_F_PROTOCOL_FEATURES,
             queue_num,
             config,
@@ -137,6 +150,7 @@ impl VhostUserDevice {
         driver_features: u64,
         queues: &[Option<QueueSetup>],
     ) -> Result<(), Error> {
+        let _armed = self.watchdog.arm(self.watch_id, EXCHANGE_TIMEOUT);
         let mut features = driver_features;
         if self.protocol_features {
             features |= VHOST_USER_F_PROTOCOL_FEATURES;
@@ -180,6 +194,7 @@ impl VhostUserDevice {
 
     /// Stops every started queue (the driver reset the device).
     pub fn reset(&mut self) -> Result<(), Error> {
+        let _armed = self.watchdog.arm(self.watch_id, EXCHANGE_TIMEOUT);
         for i in std::mem::take(&mut self.started) {
             req("SET_VRING_ENABLE", self.frontend.set_vring_enable(i, false))?;
             req("GET_VRING_BASE", self.frontend.get_vring_base(i))?;

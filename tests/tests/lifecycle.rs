@@ -120,6 +120,28 @@ fn a_killed_block_worker_ends_the_vm_with_its_name() {
 }
 
 #[test]
+fn a_disk_in_use_by_a_running_vm_is_refused() {
+    if !kvm_available("a_disk_in_use_by_a_running_vm_is_refused") {
+        return;
+    }
+    let dir = TempDir::new("diskinuse");
+    let (run, child, _core, _worker) = start_idle(&dir, "first");
+    let mut second = WardRun::probe(&dir, "second", "");
+    second.disks = run.disks.clone();
+    let fin2 = second.run(Duration::from_secs(30));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let fin1 = finish(child, run.console_log(), Duration::from_secs(20));
+    assert_eq!(fin2.status.code(), Some(1), "{fin2}");
+    assert!(fin2.stderr.contains("is in use by another VM"), "{fin2}");
+    assert!(!fin2.console.contains("PROBE READY"), "{fin2}");
+    assert_eq!(
+        fin1.status.code(),
+        Some(130),
+        "the first VM was disturbed: {fin1}"
+    );
+}
+
+#[test]
 fn a_killed_launcher_leaves_no_orphans() {
     if !kvm_available("a_killed_launcher_leaves_no_orphans") {
         return;

@@ -37,7 +37,7 @@ if ! apt-get install -y -qq "${need[@]}" qemu-system-x86 qemu-utils >/dev/null 2
     for p in "${need[@]}"; do
         case "$p" in qemu-*) ;; *) others+=("$p") ;; esac
     done
-    apt-get install -y -qq --allow-downgrades "${others[@]}" \
-        "qemu-system-x86=$ver" "qemu-utils=$ver" "qemu-system-common=$ver" >/dev/null
+    # qemu-utils from the same Debian build as qemu-system-x86 (a downgrade of the backport).
+    apt-get install -y -qq --allow-downgrades "${others[@]}" qemu-system-x86 "qemu-utils=$ver" >/dev/null
 fi
 echo "setup-host: installed ${need[*]}" >&2

@@ -38,7 +38,11 @@ struct RunArgs {
     #[arg(long, short = 'i')]
     initrd: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, short = 'c', default_value = "console=ttyS0 reboot=k panic=-1 pci=off")]
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "console=ttyS0 reboot=k panic=-1 pci=off"
+    )]
     cmdline: String,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
@@ -96,13 +100,7 @@ fn parse_disk(s: &str) -> Result<Disk, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ward_ipc::log::init("warn");
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run(args) => match run(args) {

@@ -19,6 +19,7 @@
 
 pub mod channel;
 pub mod core;
+pub mod log;
 
 use serde::{Deserialize, Serialize};
 

@@ -43,8 +43,8 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
     cmd.args(&s.args).env_clear().stdin(Stdio::null());
     // Not RUST_BACKTRACE: printing a backtrace opens the binary, which confined processes may
     // not do, so a panic would show up as SIGSYS instead of an abort.
-    if let Some(v) = std::env::var_os("WARD_LOG") {
-        cmd.env("WARD_LOG", v);
+    if let Some(v) = std::env::var_os(ward_ipc::log::ENV) {
+        cmd.env(ward_ipc::log::ENV, v);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (prctl, getppid, sigprocmask, setpgid, dup2) on descriptors that exist.

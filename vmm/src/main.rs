@@ -23,13 +23,7 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ward_ipc::log::init("warn");
     let args = Args::parse();
     if args.control_fd < 3 {
         eprintln!("ward-vmm: --control-fd must be an inherited descriptor above 2");

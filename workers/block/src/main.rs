@@ -6,7 +6,6 @@ use std::os::fd::RawFd;
 
 use clap::Parser;
 use tracing::error;
-use tracing_subscriber::EnvFilter;
 use ward_block::{exit_code, Config, ConfigError};
 use ward_ipc::core::SeccompMode;
 
@@ -70,12 +69,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WARD_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ward_ipc::log::init(DEFAULT_LOG);
     let code = match Config::try_from(Args::parse()) {
         Err(e) => {
             error!("{}", chain(&e));

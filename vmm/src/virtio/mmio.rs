@@ -13,6 +13,51 @@ use super::status;
 use super::vhost_user::{QueueSetup, VhostUserDevice};
 use crate::memory::GuestRam;
 
+/// What the transport needs from the device behind it. The vhost-user frontend is the real one;
+/// tests use a fake to drive the register state machine.
+pub trait Backend: Send {
+    fn device_features(&self) -> u64;
+    fn queue_num(&self) -> usize;
+    fn config(&self) -> &[u8];
+    /// Signals queue `index`'s kick (a QueueNotify that no ioeventfd caught).
+    fn kick(&self, index: usize);
+    fn activate(
+        &mut self,
+        ram: &GuestRam,
+        driver_features: u64,
+        queues: &[Option<QueueSetup>],
+    ) -> Result<(), super::vhost_user::Error>;
+    fn reset(&mut self) -> Result<(), super::vhost_user::Error>;
+}
+
+impl Backend for VhostUserDevice {
+    fn device_features(&self) -> u64 {
+        self.device_features
+    }
+    fn queue_num(&self) -> usize {
+        self.queue_num
+    }
+    fn config(&self) -> &[u8] {
+        &self.config
+    }
+    fn kick(&self, index: usize) {
+        if let Some(k) = self.kicks.get(index) {
+            let _ = k.write(1);
+        }
+    }
+    fn activate(
+        &mut self,
+        ram: &GuestRam,
+        driver_features: u64,
+        queues: &[Option<QueueSetup>],
+    ) -> Result<(), super::vhost_user::Error> {
+        VhostUserDevice::activate(self, ram, driver_features, queues)
+    }
+    fn reset(&mut self) -> Result<(), super::vhost_user::Error> {
+        VhostUserDevice::reset(self)
+    }
+}
+
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4452_4157; // "WARD"
@@ -62,10 +107,10 @@ struct Queue {
 }
 
 /// One virtio-mmio device window.
-pub struct VirtioMmio {
+pub struct VirtioMmio<B: Backend = VhostUserDevice> {
     name: String,
     device_id: u32,
-    backend: VhostUserDevice,
+    backend: B,
     ram: Arc<GuestRam>,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -84,9 +129,9 @@ fn set_half(word: &mut u64, high: bool, v: u32) {
     }
 }
 
-impl VirtioMmio {
-    pub fn new(name: String, device_id: u32, backend: VhostUserDevice, ram: Arc<GuestRam>) -> Self {
-        let queues = vec![Queue::default(); backend.queue_num];
+impl<B: Backend> VirtioMmio<B> {
+    pub fn new(name: String, device_id: u32, backend: B, ram: Arc<GuestRam>) -> Self {
+        let queues = vec![Queue::default(); backend.queue_num()];
         VirtioMmio {
             name,
             device_id,
@@ -106,7 +151,7 @@ impl VirtioMmio {
         &self.name
     }
 
-    pub fn backend(&self) -> &VhostUserDevice {
+    pub fn backend(&self) -> &B {
         &self.backend
     }
 
@@ -125,7 +170,7 @@ impl VirtioMmio {
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
             let start = (offset - reg::CONFIG) as usize;
-            let cfg = &self.backend.config;
+            let cfg = self.backend.config();
             for (i, b) in data.iter_mut().enumerate() {
                 *b = start
                     .checked_add(i)
@@ -146,8 +191,8 @@ impl VirtioMmio {
             reg::DEVICE_ID => self.device_id,
             reg::VENDOR_ID => VENDOR_ID,
             reg::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.backend.device_features as u32,
-                1 => (self.backend.device_features >> 32) as u32,
+                0 => self.backend.device_features() as u32,
+                1 => (self.backend.device_features() >> 32) as u32,
                 _ => 0,
             },
             reg::QUEUE_NUM_MAX => self.queue().map_or(0, |_| u32::from(QUEUE_MAX)),
@@ -218,9 +263,7 @@ impl VirtioMmio {
             }
             reg::QUEUE_NOTIFY => {
                 // Only reached when the value matches no ioeventfd (a queue that doesn't exist).
-                if let Some(k) = self.backend.kicks.get(v as usize) {
-                    let _ = k.write(1);
-                }
+                self.backend.kick(v as usize);
             }
             reg::INTERRUPT_ACK | reg::SHM_SEL => {}
             reg::STATUS => self.set_status(v),
@@ -236,7 +279,7 @@ impl VirtioMmio {
         let new = v & !self.status;
         let mut st = v;
         if new & status::FEATURES_OK != 0 {
-            let unknown = self.driver_features & !self.backend.device_features;
+            let unknown = self.driver_features & !self.backend.device_features();
             if unknown != 0 || self.driver_features & super::VIRTIO_F_VERSION_1 == 0 {
                 warn!(device = %self.name, features = self.driver_features, "driver features refused");
                 st &= !status::FEATURES_OK;
@@ -292,3 +335,7 @@ impl VirtioMmio {
         self.queues.iter_mut().for_each(|q| *q = Queue::default());
     }
 }
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;

@@ -51,3 +51,15 @@ pub fn write(bytes: &[u8]) {
         put(b);
     }
 }
+
+const RBR: u16 = 0;
+const LSR_DR: u8 = 1 << 0;
+
+/// One received byte, if the UART has one (LSR.DR, "data ready").
+pub fn try_get() -> Option<u8> {
+    if inb(COM1 + LSR) & LSR_DR != 0 {
+        Some(inb(COM1 + RBR))
+    } else {
+        None
+    }
+}

@@ -11,6 +11,7 @@ pub mod bad;
 pub mod blk;
 pub mod crash;
 pub mod idle;
+pub mod echo;
 pub mod irq;
 pub mod smp;
 
@@ -172,6 +173,7 @@ pub fn run_all(ctx: &Ctx) {
             b"smp" => smp::run(ctx, &sc),
             b"crash" => crash::run(&sc),
             b"idle" => idle::run(&sc),
+            b"echo-serial" => echo::run(ctx, &sc),
             _ => sc.fail("unknown-scenario"),
         }
     }

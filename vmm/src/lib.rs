@@ -11,6 +11,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod layout;
 pub mod memory;
+pub mod ratelimit;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -21,6 +21,9 @@ pub struct Bus {
     pub exit: Arc<ExitSignal>,
 }
 
+/// Guest accesses to MMIO nothing is mapped at, logged within a rate limit.
+static UNMAPPED: crate::ratelimit::Limiter = crate::ratelimit::Limiter::new();
+
 const I8042_DATA: u16 = 0x60;
 const I8042_CMD: u16 = 0x64;
 
@@ -68,7 +71,12 @@ impl Bus {
         match self.virtio_at(addr) {
             Some((dev, off)) => lock(dev).read(off, data),
             None => {
-                warn!(addr = format_args!("{addr:#x}"), "read of unmapped MMIO");
+                if let Some(count) = UNMAPPED.hit() {
+                    warn!(
+                        addr = format_args!("{addr:#x}"),
+                        count, "read of unmapped MMIO"
+                    );
+                }
                 data.fill(0xff);
             }
         }
@@ -77,7 +85,14 @@ impl Bus {
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
         match self.virtio_at(addr) {
             Some((dev, off)) => lock(dev).write(off, data),
-            None => warn!(addr = format_args!("{addr:#x}"), "write to unmapped MMIO"),
+            None => {
+                if let Some(count) = UNMAPPED.hit() {
+                    warn!(
+                        addr = format_args!("{addr:#x}"),
+                        count, "write to unmapped MMIO"
+                    );
+                }
+            }
         }
     }
 }

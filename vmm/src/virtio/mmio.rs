@@ -119,6 +119,8 @@ pub struct VirtioMmio<B: Backend = VhostUserDevice> {
     queues: Vec<Queue>,
     status: u32,
     live: bool,
+    /// Limits the warnings a guest can cause by misusing the registers.
+    odd_access: crate::ratelimit::Limiter,
 }
 
 fn set_half(word: &mut u64, high: bool, v: u32) {
@@ -144,6 +146,7 @@ impl<B: Backend> VirtioMmio<B> {
             queues,
             status: 0,
             live: false,
+            odd_access: crate::ratelimit::Limiter::new(),
         }
     }
 
@@ -181,7 +184,9 @@ impl<B: Backend> VirtioMmio<B> {
             return;
         }
         if data.len() != 4 {
-            warn!(device = %self.name, offset, len = data.len(), "non-32-bit register read");
+            if let Some(count) = self.odd_access.hit() {
+                warn!(device = %self.name, offset, len = data.len(), count, "non-32-bit register read");
+            }
             data.fill(0);
             return;
         }
@@ -213,7 +218,9 @@ impl<B: Backend> VirtioMmio<B> {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(device = %self.name, offset, len = data.len(), "non-32-bit register write");
+            if let Some(count) = self.odd_access.hit() {
+                warn!(device = %self.name, offset, len = data.len(), count, "non-32-bit register write");
+            }
             return;
         };
         let v = u32::from_le_bytes(bytes);
@@ -267,7 +274,11 @@ impl<B: Backend> VirtioMmio<B> {
             }
             reg::INTERRUPT_ACK | reg::SHM_SEL => {}
             reg::STATUS => self.set_status(v),
-            _ => warn!(device = %self.name, offset, "write to unknown register"),
+            _ => {
+                if let Some(count) = self.odd_access.hit() {
+                    warn!(device = %self.name, offset, count, "write to unknown register");
+                }
+            }
         }
     }
 
@@ -281,7 +292,9 @@ impl<B: Backend> VirtioMmio<B> {
         if new & status::FEATURES_OK != 0 {
             let unknown = self.driver_features & !self.backend.device_features();
             if unknown != 0 || self.driver_features & super::VIRTIO_F_VERSION_1 == 0 {
-                warn!(device = %self.name, features = self.driver_features, "driver features refused");
+                if let Some(count) = self.odd_access.hit() {
+                    warn!(device = %self.name, features = self.driver_features, count, "driver features refused");
+                }
                 st &= !status::FEATURES_OK;
             }
         }

@@ -1,0 +1,243 @@
+//! The qcow2 write paths (data and zeroes), in the order the module documentation gives.
+
+use std::os::unix::fs::FileExt;
+
+use super::{compressed, Mapping, Qcow2Image, State, COPIED, OFFSET_MASK, ZERO};
+use crate::Error;
+
+/// Table updates of one request, applied by [`Qcow2Image::commit`].
+#[derive(Debug, Default)]
+struct Pending {
+    /// (L2 table, index, entry) in tables already referenced from the L1 table.
+    l2_updates: Vec<(u64, usize, u64)>,
+    /// (L1 index, offset) of new L2 tables, written in full.
+    new_l2: Vec<(usize, u64)>,
+    /// Host clusters whose reference was dropped.
+    frees: Vec<u64>,
+}
+
+impl Qcow2Image {
+    /// The L2 table covering L1 index `l1_idx`, creating one (refcount recorded, contents in
+    /// memory until commit) if there is none.
+    fn l2_for_write(&self, st: &mut State, l1_idx: usize, p: &mut Pending) -> Result<u64, Error> {
+        let h = &self.header;
+        let l1e = *st.l1.get(l1_idx).ok_or(Error::OutOfRange {
+            offset: l1_idx as u64,
+            len: 0,
+            size: u64::from(h.l1_size),
+        })?;
+        let l2_off = l1e & OFFSET_MASK;
+        let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
+        if l2_off != 0 {
+            if l1e & COPIED == 0 && rc.get(&self.file, l2_off >> h.cluster_bits)? != 1 {
+                return Err(Error::SharedL2(l2_off));
+            }
+            return Ok(l2_off);
+        }
+        let off = rc.alloc(&self.file)?;
+        st.l1[l1_idx] = off | COPIED;
+        st.l2_offsets.insert(off);
+        let entries = usize::try_from(h.l2_entries()).expect("at most 2^18");
+        st.l2_cache.insert(off, vec![0u64; entries]);
+        p.new_l2.push((l1_idx, off));
+        Ok(off)
+    }
+
+    /// Records the host clusters a replaced entry `e` (mapped as `m`) referenced.
+    fn drop_old(&self, m: Mapping, e: u64, frees: &mut Vec<u64>) {
+        let cb = self.header.cluster_bits;
+        match m {
+            Mapping::Data(old) => frees.push(old),
+            Mapping::Zero if e & OFFSET_MASK != 0 => frees.push(e & OFFSET_MASK),
+            Mapping::Compressed(e) => {
+                frees.extend(compressed::host_clusters(compressed::decode(e, cb), cb));
+            }
+            Mapping::Zero | Mapping::Unallocated => {}
+        }
+    }
+
+    fn set_l2(
+        &self,
+        st: &mut State,
+        l2_off: u64,
+        idx: usize,
+        e: u64,
+        p: &mut Pending,
+    ) -> Result<(), Error> {
+        self.l2_table(st, l2_off)?[idx] = e;
+        if !p.new_l2.iter().any(|&(_, o)| o == l2_off) {
+            p.l2_updates.push((l2_off, idx, e));
+        }
+        Ok(())
+    }
+
+    /// Phases 1 (end) to 4 of the module documentation.
+    fn commit(&self, st: &mut State, p: Pending) -> Result<(), Error> {
+        let h = &self.header;
+        let cs = h.cluster_size();
+        if p.l2_updates.is_empty() && p.new_l2.is_empty() {
+            return Ok(());
+        }
+        for &(_, off) in &p.new_l2 {
+            let table = self.l2_table(st, off)?;
+            let raw: Vec<u8> = table.iter().flat_map(|v| v.to_be_bytes()).collect();
+            self.file.write_all_at(&raw, off).map_err(Error::Write)?;
+            st.file_len = st.file_len.max(off + cs);
+        }
+        self.file.sync_data().map_err(Error::Flush)?;
+        for &(l2_off, idx, e) in &p.l2_updates {
+            let at = l2_off + idx as u64 * 8;
+            self.file
+                .write_all_at(&e.to_be_bytes(), at)
+                .map_err(Error::Write)?;
+        }
+        for &(l1_idx, off) in &p.new_l2 {
+            let at = h.l1_table_offset + l1_idx as u64 * 8;
+            let e = off | COPIED;
+            self.file
+                .write_all_at(&e.to_be_bytes(), at)
+                .map_err(Error::Write)?;
+        }
+        if !p.frees.is_empty() {
+            self.file.sync_data().map_err(Error::Flush)?;
+            let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
+            for off in p.frees {
+                rc.decrement(&self.file, off >> h.cluster_bits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `host` holds metadata (header, L1, L2, refcount table or blocks).
+    fn is_metadata(&self, st: &State, host: u64) -> bool {
+        let h = &self.header;
+        let in_l1 =
+            host >= h.l1_table_offset && host - h.l1_table_offset < u64::from(h.l1_size) * 8;
+        host < h.cluster_size()
+            || in_l1
+            || st.l2_offsets.contains(&host)
+            || st.refcounts.as_ref().is_some_and(|rc| rc.is_metadata(host))
+    }
+
+    pub(super) fn write_locked(
+        &self,
+        st: &mut State,
+        buf: &[u8],
+        offset: u64,
+    ) -> Result<(), Error> {
+        let h = &self.header;
+        let cs = h.cluster_size();
+        let mut p = Pending::default();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let in_cluster = pos % cs;
+            let n = usize::try_from((cs - in_cluster).min((buf.len() - done) as u64))
+                .expect("bounded by the buffer length");
+            let chunk = &buf[done..done + n];
+            done += n;
+            let l1_idx =
+                usize::try_from(pos / h.l1_coverage()).map_err(|_| Error::HostOffsetOverflow)?;
+            let l2_off = self.l2_for_write(st, l1_idx, &mut p)?;
+            let (m, _, l2_idx) = self.lookup(st, pos)?;
+            let e = self.l2_table(st, l2_off)?[l2_idx];
+            if let Mapping::Data(host) = m {
+                let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
+                if e & COPIED != 0 || rc.get(&self.file, host >> h.cluster_bits)? == 1 {
+                    if self.is_metadata(st, host) {
+                        let other = "metadata";
+                        return Err(Error::Overlap {
+                            what: "data cluster",
+                            offset: host,
+                            other,
+                        });
+                    }
+                    self.file
+                        .write_all_at(chunk, host + in_cluster)
+                        .map_err(Error::Write)?;
+                    continue;
+                }
+            }
+            // Copy-on-write into a new cluster.
+            let mut data = vec![0u8; usize::try_from(cs).expect("cluster fits usize")];
+            let cluster_start = pos - in_cluster;
+            if n as u64 != cs {
+                let len = usize::try_from((h.size - cluster_start).min(cs)).expect("<= cs");
+                self.read_mapped(m, &mut data[..len], cluster_start)?;
+            }
+            let start = usize::try_from(in_cluster).expect("below the cluster size");
+            data[start..start + n].copy_from_slice(chunk);
+            let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
+            let host = rc.alloc(&self.file)?;
+            self.file.write_all_at(&data, host).map_err(Error::Write)?;
+            st.file_len = st.file_len.max(host + cs);
+            self.drop_old(m, e, &mut p.frees);
+            self.set_l2(st, l2_off, l2_idx, host | COPIED, &mut p)?;
+        }
+        self.commit(st, p)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros: whole clusters become zero clusters
+    /// (version 3), freeing what they held; partial clusters get zeros written.
+    pub(super) fn zero_locked(&self, st: &mut State, offset: u64, len: u64) -> Result<(), Error> {
+        let h = &self.header;
+        let cs = h.cluster_size();
+        let end = offset + len;
+        let a = offset.next_multiple_of(cs).min(end);
+        let b = if end == h.size { end } else { end - end % cs }.max(a);
+        let zeros = vec![0u8; usize::try_from(cs).expect("cluster fits usize")];
+        let write_zeros = |st: &mut State, from: u64, to: u64| -> Result<(), Error> {
+            let mut pos = from;
+            while pos < to {
+                let n = (to - pos).min(cs - pos % cs);
+                let n_usize = usize::try_from(n).expect("<= cs");
+                self.write_locked(st, &zeros[..n_usize], pos)?;
+                pos += n;
+            }
+            Ok(())
+        };
+        if h.version < 3 {
+            return write_zeros(st, offset, end);
+        }
+        write_zeros(st, offset, a)?;
+        let mut p = Pending::default();
+        let mut pos = a;
+        let mut last_l1 = None;
+        let mut tables = 0usize;
+        while pos < b {
+            let l1_idx =
+                usize::try_from(pos / h.l1_coverage()).map_err(|_| Error::HostOffsetOverflow)?;
+            if last_l1 != Some(l1_idx) {
+                last_l1 = Some(l1_idx);
+                tables += 1;
+                if tables > super::L2_CACHE {
+                    // Bound the memory of a huge request: commit, then start afresh.
+                    self.commit(st, std::mem::take(&mut p))?;
+                    st.l2_cache.clear();
+                    tables = 1;
+                }
+            }
+            let unmapped = st.l1.get(l1_idx).is_none_or(|e| e & OFFSET_MASK == 0);
+            if unmapped && self.backing.is_none() {
+                // A whole L1 entry's worth already reads as zeros.
+                pos = ((l1_idx as u64 + 1) * h.l1_coverage()).min(b);
+                continue;
+            }
+            let l2_off = self.l2_for_write(st, l1_idx, &mut p)?;
+            let (m, _, l2_idx) = self.lookup(st, pos)?;
+            let e = self.l2_table(st, l2_off)?[l2_idx];
+            let reads_zero = match m {
+                Mapping::Zero => e & OFFSET_MASK == 0,
+                Mapping::Unallocated => self.backing.is_none(),
+                _ => false,
+            };
+            if !reads_zero {
+                self.drop_old(m, e, &mut p.frees);
+                self.set_l2(st, l2_off, l2_idx, ZERO, &mut p)?;
+            }
+            pos = (pos + cs).min(b);
+        }
+        self.commit(st, p)?;
+        write_zeros(st, b, end)
+    }
+}

@@ -1,0 +1,374 @@
+//! The subcommands. Each returns the process exit code, or an error for the caller to print.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use ward_image::qcow2::MapKind;
+use ward_image::{Format, Qcow2CreateOptions, Qcow2Image};
+
+use crate::size;
+
+/// Bit 0 of qcow2's incompatible features: the image was not closed cleanly.
+const DIRTY_BIT: u64 = 1;
+
+fn format_arg(name: Option<&str>) -> anyhow::Result<Option<Format>> {
+    name.map(|n| {
+        Format::from_name(n).with_context(|| format!("unknown format {n:?} (raw or qcow2)"))
+    })
+    .transpose()
+}
+
+/// Opens backing files by the name stored in an image: relative names are relative to the
+/// directory of the image that names them (as qemu resolves them). Read-only.
+fn resolver_for(image: &Path) -> impl FnMut(&str) -> std::io::Result<File> {
+    let dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
+    move |name: &str| {
+        let p = Path::new(name);
+        File::open(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        })
+    }
+}
+
+fn open_file(path: &Path, write: bool) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File, Format)> {
+    let f = open_file(path, false)?;
+    let fmt = match format_arg(format)? {
+        Some(f) => f,
+        None => ward_image::detect_format(&f)?,
+    };
+    Ok((f, fmt))
+}
+
+/// Parses `-o key=value,...`; only `cluster_size` is known.
+fn cluster_bits(options: Option<&str>) -> anyhow::Result<u32> {
+    let mut bits = 16;
+    for opt in options.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("cluster_size", v)) => {
+                let n = size::parse(v).map_err(anyhow::Error::msg)?;
+                if !n.is_power_of_two() {
+                    bail!("cluster_size {n} is not a power of two");
+                }
+                bits = n.trailing_zeros();
+            }
+            _ => bail!("unknown option {opt:?} (known: cluster_size)"),
+        }
+    }
+    Ok(bits)
+}
+
+/// A temporary file beside `dest`, renamed over it by [`Temp::commit`], removed otherwise.
+struct Temp {
+    path: PathBuf,
+    dest: PathBuf,
+    done: bool,
+}
+
+impl Temp {
+    fn new(dest: &Path) -> anyhow::Result<(Temp, File)> {
+        let name = dest
+            .file_name()
+            .with_context(|| format!("{} is not a file name", dest.display()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".ward-img-{}", std::process::id()));
+        let path = dest.with_file_name(tmp_name);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok((
+            Temp {
+                path,
+                dest: dest.to_path_buf(),
+                done: false,
+            },
+            f,
+        ))
+    }
+
+    fn commit(mut self) -> anyhow::Result<()> {
+        std::fs::rename(&self.path, &self.dest)
+            .with_context(|| format!("cannot create {}", self.dest.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+pub struct CreateArgs<'a> {
+    pub format: &'a str,
+    pub backing: Option<&'a str>,
+    pub backing_format: Option<&'a str>,
+    pub options: Option<&'a str>,
+    pub file: &'a Path,
+    pub size: Option<&'a str>,
+}
+
+pub fn create(a: CreateArgs<'_>) -> anyhow::Result<u8> {
+    let format = format_arg(Some(a.format))?.expect("given");
+    let backing_format = format_arg(a.backing_format)?;
+    let size = match (a.size, a.backing) {
+        (Some(s), _) => size::parse(s).map_err(anyhow::Error::msg)?,
+        (None, Some(b)) => {
+            // The backing file's virtual size, as qemu-img does.
+            let mut resolve = resolver_for(a.file);
+            let f = resolve(b).with_context(|| format!("cannot open backing file {b}"))?;
+            ward_image::open(f, backing_format, true, &mut resolver_for(a.file))?.virtual_size()
+        }
+        (None, None) => bail!("a size is needed (or a backing file to take it from)"),
+    };
+    let (tmp, f) = Temp::new(a.file)?;
+    match format {
+        Format::Raw => {
+            if a.backing.is_some() {
+                bail!("raw images cannot have a backing file");
+            }
+            ward_image::create_raw(&f, size)?;
+        }
+        Format::Qcow2 => {
+            let mut opts = Qcow2CreateOptions::new(size);
+            opts.cluster_bits = cluster_bits(a.options)?;
+            opts.backing_file = a.backing.map(str::to_string);
+            opts.backing_format = backing_format;
+            ward_image::create_qcow2(&f, &opts)?;
+        }
+    }
+    f.sync_all().context("cannot sync the new image")?;
+    tmp.commit()?;
+    println!(
+        "Formatting '{}', fmt={} size={}",
+        a.file.display(),
+        format.name(),
+        size
+    );
+    Ok(0)
+}
+
+pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u8> {
+    let (f, fmt) = detect(path, format)?;
+    let actual = f.metadata()?.blocks() * 512;
+    let mut v = json!({
+        "filename": path.display().to_string(),
+        "format": fmt.name(),
+        "actual-size": actual,
+        "dirty-flag": false,
+    });
+    let mut human = vec![
+        format!("image: {}", path.display()),
+        format!("file format: {}", fmt.name()),
+    ];
+    let virtual_size;
+    let mut extra = Vec::new();
+    match fmt {
+        Format::Raw => {
+            virtual_size = f.metadata()?.len();
+        }
+        Format::Qcow2 => {
+            let img = Qcow2Image::open(f, true, &mut resolver_for(path))?;
+            let h = img.header();
+            virtual_size = h.size;
+            let dirty = h.incompatible_features & DIRTY_BIT != 0;
+            v["cluster-size"] = json!(img.cluster_size());
+            v["dirty-flag"] = json!(dirty);
+            let compat = if h.version >= 3 { "1.1" } else { "0.10" };
+            v["format-specific"] = json!({
+                "type": "qcow2",
+                "data": {
+                    "compat": compat,
+                    "refcount-bits": 1u64 << h.refcount_order,
+                    "corrupt": h.incompatible_features & 2 != 0,
+                }
+            });
+            extra.push(format!("cluster_size: {}", img.cluster_size()));
+            if let Some(b) = &h.backing_file {
+                v["backing-filename"] = json!(b);
+                v["full-backing-filename"] = json!(b);
+                extra.push(format!("backing file: {b}"));
+            }
+            if let Some(bf) = &h.backing_format {
+                v["backing-filename-format"] = json!(bf);
+                extra.push(format!("backing file format: {bf}"));
+            }
+            extra.push("Format specific information:".into());
+            extra.push(format!("    compat: {compat}"));
+            extra.push(format!("    refcount bits: {}", 1u64 << h.refcount_order));
+            extra.push(format!("    dirty: {dirty}"));
+        }
+    }
+    v["virtual-size"] = json!(virtual_size);
+    human.push(format!(
+        "virtual size: {} ({virtual_size} bytes)",
+        size::human(virtual_size)
+    ));
+    human.push(format!("disk size: {}", size::human(actual)));
+    human.extend(extra);
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(&v)?),
+        "human" => println!("{}", human.join("\n")),
+        other => bail!("unknown output format {other:?} (human or json)"),
+    }
+    Ok(0)
+}
+
+pub fn check(path: &Path, format: Option<&str>) -> anyhow::Result<u8> {
+    let (f, fmt) = detect(path, format)?;
+    if fmt != Format::Qcow2 {
+        eprintln!("ward-img: This image format does not support checks");
+        return Ok(63);
+    }
+    let img = Qcow2Image::open(f, true, &mut resolver_for(path))?;
+    let r = img.check()?;
+    for m in &r.messages {
+        println!("{m}");
+    }
+    if r.corruptions > 0 {
+        println!("\n{} errors were found on the image.", r.corruptions);
+        println!("Data may be corrupted, or further writes to the image may corrupt it.");
+        return Ok(2);
+    }
+    if r.leaks > 0 {
+        println!("\n{} leaked clusters were found on the image.", r.leaks);
+        println!("This means waste of disk space, but no harm to data.");
+        return Ok(3);
+    }
+    println!("No errors were found on the image.");
+    Ok(0)
+}
+
+pub fn map(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u8> {
+    let (f, fmt) = detect(path, format)?;
+    let extents = match fmt {
+        Format::Raw => {
+            let len = f.metadata()?.len();
+            vec![(0, len, "data", Some(0))]
+        }
+        Format::Qcow2 => Qcow2Image::open(f, true, &mut resolver_for(path))?
+            .map()?
+            .into_iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    MapKind::Unallocated => "unallocated",
+                    MapKind::Zero => "zero",
+                    MapKind::Data => "data",
+                    MapKind::Compressed => "compressed",
+                };
+                (e.start, e.length, kind, e.host_offset)
+            })
+            .collect(),
+    };
+    match output {
+        "json" => {
+            let list: Vec<_> = extents
+                .iter()
+                .map(|(start, length, kind, off)| {
+                    let mut o = json!({
+                        "start": start, "length": length,
+                        "data": *kind == "data" || *kind == "compressed",
+                        "zero": *kind == "zero",
+                    });
+                    if let Some(off) = off {
+                        o["offset"] = json!(off);
+                    }
+                    o
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        "human" => {
+            println!("{:<20}{:<20}{:<20}Kind", "Offset", "Length", "Mapped to");
+            for (start, length, kind, off) in extents {
+                let mapped = off.map(|o| format!("{o:#x}")).unwrap_or_default();
+                println!("{start:<#20x}{length:<#20x}{mapped:<20}{kind}");
+            }
+        }
+        other => bail!("unknown output format {other:?} (human or json)"),
+    }
+    Ok(0)
+}
+
+pub struct ConvertArgs<'a> {
+    pub input: &'a Path,
+    pub format: Option<&'a str>,
+    pub output: &'a Path,
+    pub out_format: &'a str,
+    pub options: Option<&'a str>,
+    pub progress: bool,
+}
+
+pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
+    let out_format = format_arg(Some(a.out_format))?.expect("given");
+    let (f, fmt) = detect(a.input, a.format)?;
+    let src = ward_image::open(f, Some(fmt), true, &mut resolver_for(a.input))?;
+    let size = src.virtual_size();
+    let (tmp, out) = Temp::new(a.output)?;
+    match out_format {
+        Format::Raw => ward_image::create_raw(&out, size)?,
+        Format::Qcow2 => {
+            let mut opts = Qcow2CreateOptions::new(size);
+            opts.cluster_bits = cluster_bits(a.options)?;
+            ward_image::create_qcow2(&out, &opts)?;
+        }
+    }
+    let dst = ward_image::open(out.try_clone()?, Some(out_format), false, &mut |n: &str| {
+        Err(std::io::Error::other(format!(
+            "unexpected backing file {n}"
+        )))
+    })?;
+    // Copy in chunks, leaving all-zero chunks unwritten: the new image reads zeros there.
+    const CHUNK: u64 = 1 << 20;
+    /// Zero detection granularity: qemu's default cluster size.
+    const GRAIN: usize = 64 << 10;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut off = 0u64;
+    let mut last_pct = u64::MAX;
+    while off < size {
+        let n = (size - off).min(CHUNK) as usize;
+        src.read_at(&mut buf[..n], off)?;
+        for (i, piece) in buf[..n].chunks(GRAIN).enumerate() {
+            if piece.iter().any(|&b| b != 0) {
+                dst.write_at(piece, off + (i * GRAIN) as u64)?;
+            }
+        }
+        off += n as u64;
+        if a.progress {
+            let pct = off * 100 / size.max(1);
+            if pct != last_pct {
+                eprint!("\r    ({pct}.00/100%)");
+                let _ = std::io::stderr().flush();
+                last_pct = pct;
+            }
+        }
+    }
+    dst.flush()?;
+    drop(dst);
+    out.sync_all()?;
+    tmp.commit()?;
+    if a.progress {
+        eprintln!();
+    }
+    Ok(0)
+}

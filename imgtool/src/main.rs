@@ -1,0 +1,136 @@
+//! `ward-img`: create, inspect, check, map and convert disk images, with qemu-img's command
+//! names, options and output where they mean the same. Errors go to stderr with a non-zero exit;
+//! a command that makes a new file writes a temporary file and renames it, so a failure leaves
+//! nothing half-written.
+
+mod commands;
+mod size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ward-img",
+    version,
+    about = "Disk image tool for ward (qemu-img compatible where it matters)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new image: create -f raw|qcow2 [-b BACKING -F FMT] [-o cluster_size=N] FILE [SIZE]
+    Create {
+        #[arg(short = 'f', default_value = "raw")]
+        format: String,
+        /// Backing file (qcow2 only), stored as given (relative names are relative to FILE).
+        #[arg(short = 'b')]
+        backing: Option<String>,
+        /// Format of the backing file.
+        #[arg(short = 'F')]
+        backing_format: Option<String>,
+        /// Options, comma separated: cluster_size=SIZE.
+        #[arg(short = 'o')]
+        options: Option<String>,
+        file: PathBuf,
+        /// Virtual size (K, M, G, T suffixes); defaults to the backing file's.
+        size: Option<String>,
+    },
+    /// Show an image's format, sizes and backing file.
+    Info {
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// `human` or `json`.
+        #[arg(long, default_value = "human")]
+        output: String,
+        file: PathBuf,
+    },
+    /// Check a qcow2 image's metadata. Exit 0 clean, 2 corruptions, 3 leaks only, 63 unsupported.
+    Check {
+        #[arg(short = 'f')]
+        format: Option<String>,
+        file: PathBuf,
+    },
+    /// Show which ranges of the image hold data, zeros, or nothing.
+    Map {
+        #[arg(short = 'f')]
+        format: Option<String>,
+        #[arg(long, default_value = "human")]
+        output: String,
+        file: PathBuf,
+    },
+    /// Copy an image into a new one, possibly of another format, skipping zero ranges.
+    Convert {
+        #[arg(short = 'f')]
+        format: Option<String>,
+        #[arg(short = 'O', default_value = "raw")]
+        out_format: String,
+        /// Options for the new image: cluster_size=SIZE.
+        #[arg(short = 'o')]
+        options: Option<String>,
+        /// Show progress.
+        #[arg(short = 'p')]
+        progress: bool,
+        input: PathBuf,
+        output: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Create {
+            format,
+            backing,
+            backing_format,
+            options,
+            file,
+            size,
+        } => commands::create(commands::CreateArgs {
+            format: &format,
+            backing: backing.as_deref(),
+            backing_format: backing_format.as_deref(),
+            options: options.as_deref(),
+            file: &file,
+            size: size.as_deref(),
+        }),
+        Cmd::Info {
+            format,
+            output,
+            file,
+        } => commands::info(&file, format.as_deref(), &output),
+        Cmd::Check { format, file } => commands::check(&file, format.as_deref()),
+        Cmd::Map {
+            format,
+            output,
+            file,
+        } => commands::map(&file, format.as_deref(), &output),
+        Cmd::Convert {
+            format,
+            out_format,
+            options,
+            progress,
+            input,
+            output,
+        } => commands::convert(commands::ConvertArgs {
+            input: &input,
+            format: format.as_deref(),
+            output: &output,
+            out_format: &out_format,
+            options: options.as_deref(),
+            progress,
+        }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ward-img: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

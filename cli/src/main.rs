@@ -50,7 +50,9 @@ struct RunArgs {
     /// Guest memory: MiB, or with a suffix (512M, 2G).
     #[arg(long, short = 'm', default_value = "256M", value_parser = parse_mib)]
     memory: u64,
-    /// A disk image: PATH[,readonly]. Repeat for more disks (vda, vdb, ...).
+    /// A disk image: PATH[,readonly][,format=raw|qcow2]. Repeat for more disks (vda, vdb, ...).
+    /// The format defaults to what the image's header says; a qcow2 image's backing files are
+    /// opened (read-only) by ward and handed to the disk's worker.
     #[arg(long = "disk", short = 'd', value_parser = parse_disk)]
     disks: Vec<Disk>,
     /// Write the serial console to this file instead of the terminal.
@@ -86,16 +88,29 @@ fn parse_disk(s: &str) -> Result<Disk, String> {
         .filter(|p| !p.is_empty())
         .ok_or("empty disk path")?;
     let mut readonly = false;
+    let mut format = None;
     for opt in parts {
         match opt {
             "readonly" | "ro" | "readonly=on" => readonly = true,
             "rw" | "readonly=off" => readonly = false,
-            other => return Err(format!("unknown disk option {other:?} (known: readonly)")),
+            f if f.starts_with("format=") => {
+                let name = &f["format=".len()..];
+                format = Some(
+                    ward_launcher::ImageFormat::from_name(name)
+                        .ok_or_else(|| format!("unknown disk format {name:?} (raw or qcow2)"))?,
+                );
+            }
+            other => {
+                return Err(format!(
+                    "unknown disk option {other:?} (known: readonly, format=raw|qcow2)"
+                ))
+            }
         }
     }
     Ok(Disk {
         path: PathBuf::from(path),
         readonly,
+        format,
     })
 }
 

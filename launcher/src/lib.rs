@@ -34,6 +34,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "Disk image {0} looks like qcow2 with backing file {1:?}; a header ward only guessed \
+         is not trusted with backing files: say format=qcow2 if this image is meant to be one"
+    )]
+    ProbedBacking(PathBuf, String),
+    #[error("Disk image {0} cannot be used")]
+    Image(PathBuf, #[source] ward_image::Error),
     #[error("Disk image {0} is in use by another VM")]
     Locked(PathBuf),
     #[error("Cannot create the vhost-user socket {0}")]
@@ -65,7 +72,11 @@ pub enum Console {
 pub struct Disk {
     pub path: PathBuf,
     pub readonly: bool,
+    /// `None`: what the image's header says (qcow2 magic, else raw).
+    pub format: Option<ImageFormat>,
 }
+
+pub use ward_image::Format as ImageFormat;
 
 /// One VM, as `ward run` describes it.
 #[derive(Debug, Clone)]

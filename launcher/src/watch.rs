@@ -108,6 +108,53 @@ fn open_disk(path: &Path, readonly: bool) -> Result<File> {
     Ok(f)
 }
 
+/// The image's format and, for qcow2, its backing chain opened read-only: the worker gets
+/// these descriptors by name, since it may not open paths itself. Opening the chain here also
+/// validates every image in it before any process starts. Relative backing names are taken
+/// relative to the disk's directory.
+///
+/// A format read from the image's own header is not trusted with backing files: a guest can
+/// write a qcow2 header naming any host file onto a raw disk, and a later boot would hand that
+/// file to the worker. Backing files are followed only when the user said `format=qcow2`.
+fn backing_chain(
+    path: &Path,
+    image: &File,
+    format: Option<ward_image::Format>,
+) -> Result<(ward_image::Format, Vec<(String, File)>)> {
+    let bad = |e| Error::Image(path.to_path_buf(), e);
+    let probed = format.is_none();
+    let format = match format {
+        Some(f) => f,
+        None => ward_image::detect_format(image).map_err(bad)?,
+    };
+    let mut chain = Vec::new();
+    let mut refused = None;
+    if format == ward_image::Format::Qcow2 {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let copy = image.try_clone().map_err(Error::Wait)?;
+        let opened = ward_image::open(copy, Some(format), true, &mut |name: &str| {
+            if probed {
+                refused = Some(name.to_string());
+                return Err(std::io::ErrorKind::PermissionDenied.into());
+            }
+            let p = Path::new(name);
+            let full = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            };
+            let f = open(&full, "backing file", false).map_err(std::io::Error::other)?;
+            chain.push((name.to_string(), f.try_clone()?));
+            Ok(f)
+        });
+        if let Some(backing) = refused {
+            return Err(Error::ProbedBacking(path.to_path_buf(), backing));
+        }
+        opened.map_err(bad)?;
+    }
+    Ok((format, chain))
+}
+
 pub fn run(spec: &VmSpec) -> Result<Outcome> {
     let vmm_bin = find_binary(spec, "ward-vmm")?;
     let block_bin = if spec.disks.is_empty() {
@@ -208,6 +255,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     for (i, disk) in spec.disks.iter().enumerate() {
         let name = disk_name(i);
         let image = open_disk(&disk.path, disk.readonly)?;
+        let (format, backing) = backing_chain(&disk.path, &image, disk.format)?;
         let path = a.rundir.path().join(format!("{name}.sock"));
         let listener = UnixListener::bind(&path).map_err(|e| Error::Socket(path.clone(), e))?;
         let mut args = vec![
@@ -223,12 +271,20 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         if disk.readonly {
             args.push("--readonly".to_string());
         }
+        args.push("--format".to_string());
+        args.push(format.name().to_string());
+        let mut fds = vec![listener.as_fd(), image.as_fd()];
+        for (i, (backing_name, f)) in backing.iter().enumerate() {
+            args.push("--backing".to_string());
+            args.push(format!("{backing_name}={}", FIRST_FD + 2 + i as i32));
+            fds.push(f.as_fd());
+        }
         let child = spawn(Spawn {
             binary: a
                 .block_bin
                 .ok_or(Error::Binary("ward-block", PathBuf::new()))?,
             args,
-            fds: vec![listener.as_fd(), image.as_fd()],
+            fds,
             what: format!("block worker for {name}"),
         })?;
         info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");

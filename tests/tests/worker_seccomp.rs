@@ -46,7 +46,13 @@ fn run_worker(
 ) -> Option<std::process::ExitStatus> {
     let sock = dir.path(&format!("{mode}.sock"));
     let listener = UnixListener::bind(&sock).unwrap();
-    let image = std::fs::File::create(dir.path(&format!("{mode}.img"))).unwrap();
+    let image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path(&format!("{mode}.img")))
+        .unwrap();
     image.set_len(1 << 20).unwrap();
     let (lfd, ifd) = (listener.as_raw_fd(), image.as_raw_fd());
     let mut cmd = Command::new(bin("ward-block"));

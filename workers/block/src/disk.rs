@@ -1,9 +1,12 @@
 //! The disk image: the one descriptor the worker was handed, its size in whole sectors, the
 //! device ID, and positioned vectored I/O between the image and guest memory.
 //!
-//! I/O is `preadv`/`pwritev` straight between the image and the guest's buffers, one system
-//! call per request (more only on short transfers): no bounce buffer, so no allocation whose
-//! size the guest picks, and no shared file position.
+//! Raw images: I/O is `preadv`/`pwritev` straight between the image and the guest's buffers,
+//! one system call per request (more only on short transfers): no bounce buffer, so no
+//! allocation whose size the guest picks, and no shared file position.
+//!
+//! qcow2 images (with their backing chains, handed over as descriptors too) go through
+//! `ward_image`, by way of a bounce buffer of at most [`BOUNCE`] bytes at a time.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -20,18 +23,31 @@ pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Most iovecs one `preadv`/`pwritev` takes (the kernel's UIO_MAXIOV).
 const UIO_MAXIOV: usize = 1024;
 
+/// Largest piece of a request copied through the bounce buffer at once (qcow2 images).
+const BOUNCE: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Cannot find the size of the image")]
     Size(#[source] io::Error),
+    #[error("Cannot open the image")]
+    Image(#[source] ward_image::Error),
+    #[error("The image needs backing file {0:?}, which the launcher did not hand over")]
+    MissingBacking(String),
     #[error("Device ID {0:?} is longer than {ID_BYTES} bytes")]
     IdTooLong(String),
 }
 
-/// A raw image served as one virtio-blk disk.
+#[derive(Debug)]
+enum Store {
+    Raw(File),
+    Image(Box<dyn ward_image::DiskImage>),
+}
+
+/// An image served as one virtio-blk disk.
 #[derive(Debug)]
 pub struct Disk {
-    file: File,
+    store: Store,
     sectors: u64,
     readonly: bool,
     id: [u8; ID_BYTES],
@@ -47,10 +63,50 @@ impl Disk {
         // does not matter afterwards, all I/O is positioned.
         let size = (&file).seek(SeekFrom::End(0)).map_err(Error::Size)?;
         Ok(Disk {
-            file,
+            store: Store::Raw(file),
             sectors: size / SECTOR_SIZE,
             readonly,
             id,
+        })
+    }
+
+    /// Opens `file` in `format` (or the format its header says). A qcow2 image's backing
+    /// files come from `backing`, by the names the images store; the worker opens nothing.
+    pub fn open(
+        file: File,
+        format: Option<ward_image::Format>,
+        readonly: bool,
+        id: &str,
+        mut backing: Vec<(String, File)>,
+    ) -> Result<Self, Error> {
+        let format = match format {
+            Some(f) => f,
+            None => ward_image::detect_format(&file).map_err(Error::Image)?,
+        };
+        if format == ward_image::Format::Raw {
+            return Self::new(file, readonly, id);
+        }
+        let mut missing = None;
+        let mut resolve = |name: &str| -> io::Result<File> {
+            match backing.iter().position(|(n, _)| n == name) {
+                Some(i) => Ok(backing.swap_remove(i).1),
+                None => {
+                    missing = Some(name.to_string());
+                    Err(io::ErrorKind::NotFound.into())
+                }
+            }
+        };
+        let image = ward_image::open(file, Some(format), readonly, &mut resolve);
+        let image = match (image, missing) {
+            (Ok(i), _) => i,
+            (Err(_), Some(name)) => return Err(Error::MissingBacking(name)),
+            (Err(e), None) => return Err(Error::Image(e)),
+        };
+        Ok(Disk {
+            sectors: image.virtual_size() / SECTOR_SIZE,
+            store: Store::Image(image),
+            readonly,
+            id: id_bytes(id)?,
         })
     }
 
@@ -80,6 +136,10 @@ impl Disk {
         offset: u64,
         bufs: &[VolatileSlice<'_, B>],
     ) -> io::Result<()> {
+        let file = match &self.store {
+            Store::Raw(f) => f,
+            Store::Image(img) => return bounce_read(img.as_ref(), offset, bufs),
+        };
         let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
         let mut iovs: Vec<libc::iovec> = guards
             .iter()
@@ -89,7 +149,7 @@ impl Disk {
                 iov_len: b.len(),
             })
             .collect();
-        let res = transfer(&self.file, offset, &mut iovs, Direction::Read);
+        let res = transfer(file, offset, &mut iovs, Direction::Read);
         // As vm-memory does for a failed read: anything may have been written.
         for b in bufs {
             b.bitmap().mark_dirty(0, b.len());
@@ -103,6 +163,10 @@ impl Disk {
         offset: u64,
         bufs: &[VolatileSlice<'_, B>],
     ) -> io::Result<()> {
+        let file = match &self.store {
+            Store::Raw(f) => f,
+            Store::Image(img) => return bounce_write(img.as_ref(), offset, bufs),
+        };
         let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard()).collect();
         let mut iovs: Vec<libc::iovec> = guards
             .iter()
@@ -112,13 +176,62 @@ impl Disk {
                 iov_len: b.len(),
             })
             .collect();
-        transfer(&self.file, offset, &mut iovs, Direction::Write)
+        transfer(file, offset, &mut iovs, Direction::Write)
     }
 
-    /// VIRTIO_BLK_T_FLUSH: data written so far reaches stable storage.
+    /// VIRTIO_BLK_T_FLUSH: data written so far (and, for qcow2, the metadata that maps it)
+    /// reaches stable storage.
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        match &self.store {
+            Store::Raw(f) => f.sync_data(),
+            Store::Image(img) => img.flush().map_err(io::Error::other),
+        }
     }
+}
+
+/// Reads through the image into guest buffers, [`BOUNCE`] bytes at a time.
+fn bounce_read<B: BitmapSlice>(
+    img: &dyn ward_image::DiskImage,
+    mut offset: u64,
+    bufs: &[VolatileSlice<'_, B>],
+) -> io::Result<()> {
+    let mut tmp = vec![0u8; BOUNCE.min(bufs.iter().map(|b| b.len()).sum())];
+    for b in bufs {
+        let mut done = 0;
+        while done < b.len() {
+            let n = (b.len() - done).min(BOUNCE);
+            img.read_at(&mut tmp[..n], offset)
+                .map_err(io::Error::other)?;
+            b.subslice(done, n)
+                .map_err(io::Error::other)?
+                .copy_from(&tmp[..n]);
+            done += n;
+            offset += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Writes guest buffers through the image, [`BOUNCE`] bytes at a time.
+fn bounce_write<B: BitmapSlice>(
+    img: &dyn ward_image::DiskImage,
+    mut offset: u64,
+    bufs: &[VolatileSlice<'_, B>],
+) -> io::Result<()> {
+    let mut tmp = vec![0u8; BOUNCE.min(bufs.iter().map(|b| b.len()).sum())];
+    for b in bufs {
+        let mut done = 0;
+        while done < b.len() {
+            let n = (b.len() - done).min(BOUNCE);
+            b.subslice(done, n)
+                .map_err(io::Error::other)?
+                .copy_to(&mut tmp[..n]);
+            img.write_at(&tmp[..n], offset).map_err(io::Error::other)?;
+            done += n;
+            offset += n as u64;
+        }
+    }
+    Ok(())
 }
 
 fn id_bytes(id: &str) -> Result<[u8; ID_BYTES], Error> {
@@ -259,7 +372,10 @@ mod tests {
 
         d.write_from(0, &slices[..64]).unwrap();
         let mut img = vec![0u8; 512];
-        d.file.read_exact_at(&mut img, 0).unwrap();
+        let Store::Raw(f) = &d.store else {
+            panic!("a raw disk")
+        };
+        f.read_exact_at(&mut img, 0).unwrap();
         assert_eq!(img, pattern[..512]);
     }
 
@@ -272,5 +388,48 @@ mod tests {
             d.read_into(512, &s).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    #[test]
+    fn qcow2_images_read_and_write_through_the_bounce_buffer() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 3 << 20)]).unwrap();
+        let base = memfd_image(4 << 20);
+        base.write_all_at(&[0x5au8; 4096], 0).unwrap();
+        let over = memfd_image(0);
+        let mut opts = ward_image::Qcow2CreateOptions::new(4 << 20);
+        opts.backing_file = Some("base.raw".into());
+        opts.backing_format = Some(ward_image::Format::Raw);
+        ward_image::create_qcow2(&over, &opts).unwrap();
+        // The chain is handed over by name; a missing backing file is named in the error.
+        let err = Disk::open(over.try_clone().unwrap(), None, false, "q", vec![]).unwrap_err();
+        assert!(
+            matches!(err, Error::MissingBacking(ref n) if n == "base.raw"),
+            "{err:?}"
+        );
+        let d = Disk::open(over, None, false, "q", vec![("base.raw".into(), base)]).unwrap();
+        assert_eq!(d.sectors(), (4 << 20) / SECTOR_SIZE);
+        // More than one bounce buffer's worth, across two guest buffers.
+        let a = mem.get_slice(GuestAddress(0), 1 << 20).unwrap();
+        let b = mem
+            .get_slice(GuestAddress(1 << 20), (1 << 20) + 4096)
+            .unwrap();
+        d.read_into(0, &[a, b]).unwrap();
+        let mut head = vec![0u8; 8192];
+        mem.read_slice(&mut head, GuestAddress(0)).unwrap();
+        assert!(
+            head[..4096].iter().all(|&x| x == 0x5a),
+            "backing data shows through"
+        );
+        assert!(head[4096..].iter().all(|&x| x == 0));
+        mem.write_slice(&[0xc3u8; 4096], GuestAddress(1 << 20))
+            .unwrap();
+        d.write_from(8192, &[mem.get_slice(GuestAddress(1 << 20), 4096).unwrap()])
+            .unwrap();
+        d.flush().unwrap();
+        let mut back = vec![0u8; 4096];
+        let out = mem.get_slice(GuestAddress(2 << 20), 4096).unwrap();
+        d.read_into(8192, &[out]).unwrap();
+        mem.read_slice(&mut back, GuestAddress(2 << 20)).unwrap();
+        assert!(back.iter().all(|&x| x == 0xc3));
     }
 }

@@ -65,6 +65,8 @@ pub mod exit_code {
     pub const SECCOMP: i32 = 4;
     /// Setting up the vhost-user daemon, accepting the frontend or serving it failed.
     pub const SERVE: i32 = 5;
+    /// The image (or a backing file) is corrupt, unsupported, or its chain is incomplete.
+    pub const IMAGE: i32 = 6;
 }
 
 /// The worker's configuration, from its command line.
@@ -79,6 +81,10 @@ pub struct Config {
     pub name: String,
     pub serial: Option<String>,
     pub seccomp: SeccompMode,
+    /// Image format; `None`: what the image's header says.
+    pub format: Option<ward_image::Format>,
+    /// Inherited descriptors of the backing files, by the name the images store for them.
+    pub backing: Vec<(String, RawFd)>,
 }
 
 /// Why a [`Config`] is invalid.
@@ -86,7 +92,7 @@ pub struct Config {
 pub enum ConfigError {
     #[error("Descriptor {0} is not an inherited descriptor (must be 3 or above)")]
     StdioFd(RawFd),
-    #[error("The socket and the image must be different descriptors")]
+    #[error("The socket, the image and the backing files must be different descriptors")]
     SameFd,
     #[error("Device name {0:?} must be 1 to 32 characters of [A-Za-z0-9_-]")]
     Name(String),
@@ -96,12 +102,17 @@ pub enum ConfigError {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for fd in [self.socket_fd, self.image_fd] {
-            if fd < 3 {
-                return Err(ConfigError::StdioFd(fd));
-            }
+        let fds: Vec<RawFd> = [self.socket_fd, self.image_fd]
+            .into_iter()
+            .chain(self.backing.iter().map(|(_, fd)| *fd))
+            .collect();
+        if let Some(&fd) = fds.iter().find(|&&fd| fd < 3) {
+            return Err(ConfigError::StdioFd(fd));
         }
-        if self.socket_fd == self.image_fd {
+        let mut sorted = fds.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != fds.len() {
             return Err(ConfigError::SameFd);
         }
         let name_ok = (1..=32).contains(&self.name.len())
@@ -174,6 +185,7 @@ impl Error {
             | Error::Blocking(_)
             | Error::Disk(disk::Error::Size(_)) => exit_code::BAD_FD,
             Error::Disk(disk::Error::IdTooLong(_)) => exit_code::USAGE,
+            Error::Disk(disk::Error::Image(_) | disk::Error::MissingBacking(_)) => exit_code::IMAGE,
             Error::Seccomp(_) => exit_code::SECCOMP,
             Error::Daemon(_) | Error::Accept(_) | Error::Serve(_) => exit_code::SERVE,
         }
@@ -225,7 +237,13 @@ pub fn run(cfg: Config) -> Result<(), Error> {
 
     let listener = take_listener(cfg.socket_fd)?;
     let image = take_image(cfg.image_fd, cfg.readonly)?;
-    let disk = Disk::new(image, cfg.readonly, cfg.id()).map_err(Error::Disk)?;
+    let backing = cfg
+        .backing
+        .iter()
+        .map(|(name, fd)| Ok((name.clone(), take_image(*fd, true)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let disk =
+        Disk::open(image, cfg.format, cfg.readonly, cfg.id(), backing).map_err(Error::Disk)?;
     info!(
         sectors = disk.sectors(),
         readonly = cfg.readonly,
@@ -279,7 +297,20 @@ mod tests {
             name: "vda".into(),
             serial: None,
             seccomp: SeccompMode::Enforce,
+            format: None,
+            backing: Vec::new(),
         }
+    }
+
+    #[test]
+    fn backing_descriptors_must_be_distinct_and_inherited() {
+        let mut c = cfg();
+        c.backing = vec![("base.raw".into(), 5)];
+        assert_eq!(c.validate(), Ok(()));
+        c.backing.push(("other".into(), 4));
+        assert_eq!(c.validate(), Err(ConfigError::SameFd));
+        c.backing = vec![("base.raw".into(), 1)];
+        assert_eq!(c.validate(), Err(ConfigError::StdioFd(1)));
     }
 
     #[test]

@@ -37,6 +37,25 @@ struct Args {
     /// Device ID the guest reads with GET_ID (at most 20 bytes); defaults to the name.
     #[arg(long)]
     serial: Option<String>,
+    /// Image format (raw or qcow2); by default, what the image's header says.
+    #[arg(long, value_parser = parse_format)]
+    format: Option<ward_image::Format>,
+    /// A backing file as NAME=FD: the name the image stores for it, and its inherited
+    /// descriptor (repeatable).
+    #[arg(long = "backing", value_parser = parse_backing)]
+    backing: Vec<(String, RawFd)>,
+}
+
+fn parse_format(s: &str) -> Result<ward_image::Format, String> {
+    ward_image::Format::from_name(s).ok_or_else(|| format!("unknown format {s:?} (raw or qcow2)"))
+}
+
+fn parse_backing(s: &str) -> Result<(String, RawFd), String> {
+    let (name, fd) = s.rsplit_once('=').ok_or("expected NAME=FD")?;
+    let fd = fd
+        .parse()
+        .map_err(|_| format!("{fd:?} is not a descriptor number"))?;
+    Ok((name.to_string(), fd))
 }
 
 impl TryFrom<Args> for Config {
@@ -50,6 +69,8 @@ impl TryFrom<Args> for Config {
             name: a.name,
             serial: a.serial,
             seccomp: a.seccomp,
+            format: a.format,
+            backing: a.backing,
         };
         cfg.validate()?;
         Ok(cfg)

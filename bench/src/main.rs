@@ -2,6 +2,7 @@
 //! and ward/QEMU ratios) for BENCHMARKS.md. Run it through `bench/run.sh`, which builds release
 //! binaries first.
 
+mod convert;
 mod linux;
 mod measure;
 mod probe;
@@ -26,6 +27,12 @@ struct Args {
     /// Skip the Linux guest benchmark.
     #[arg(long)]
     no_linux: bool,
+    /// Skip the probe guest benchmark.
+    #[arg(long)]
+    no_probe: bool,
+    /// Size in MiB of the image for the convert benchmark (0: skip it).
+    #[arg(long, default_value_t = 2048)]
+    convert_mib: u64,
 }
 
 #[derive(Subcommand)]
@@ -82,8 +89,21 @@ fn main() -> anyhow::Result<()> {
         burst: args.burst,
         tsc_khz: measure::tsc_khz()?,
     };
-    let results = probe::run(&setup)?;
-    println!("{}", probe::report(&setup, &results));
+    if !args.no_probe {
+        let results = probe::run(&setup)?;
+        println!("{}", probe::report(&setup, &results));
+    }
+    if args.convert_mib > 0 {
+        println!(
+            "{}",
+            convert::run(
+                &bin_dir.join("ward-img"),
+                &tmp.0,
+                args.convert_mib << 20,
+                args.runs.min(5)
+            )?
+        );
+    }
     if !args.no_linux {
         let report = if ward_tests::host_is_pvm() {
             println!("Linux guest: inside the nested machine (this host's KVM is PVM).\n");

@@ -310,6 +310,26 @@ pub fn map(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u8
     Ok(0)
 }
 
+/// The ranges of `path` that may hold data, merged and in order.
+fn data_ranges(path: &Path, fmt: Format, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+    if fmt == Format::Qcow2 {
+        let img = Qcow2Image::open(open_file(path, false)?, true, &mut resolver_for(path))?;
+        if img.header().backing_file.is_none() {
+            let mut out: Vec<(u64, u64)> = Vec::new();
+            for e in img.map()? {
+                if matches!(e.kind, MapKind::Data | MapKind::Compressed) {
+                    match out.last_mut() {
+                        Some((s, l)) if *s + *l == e.start => *l += e.length,
+                        _ => out.push((e.start, e.length)),
+                    }
+                }
+            }
+            return Ok(out);
+        }
+    }
+    Ok(vec![(0, size)])
+}
+
 pub struct ConvertArgs<'a> {
     pub input: &'a Path,
     pub format: Option<&'a str>,
@@ -338,28 +358,36 @@ pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
             "unexpected backing file {n}"
         )))
     })?;
-    // Copy in chunks, leaving all-zero chunks unwritten: the new image reads zeros there.
+    // Only what may hold data is read: for a qcow2 source without a backing file, the ranges
+    // its map says are allocated; otherwise everything. Within those, all-zero pieces are left
+    // unwritten: the new image reads zeros there.
+    let ranges = data_ranges(a.input, fmt, size)?;
     const CHUNK: u64 = 1 << 20;
     /// Zero detection granularity: qemu's default cluster size.
     const GRAIN: usize = 64 << 10;
     let mut buf = vec![0u8; CHUNK as usize];
-    let mut off = 0u64;
+    let total: u64 = ranges.iter().map(|(_, len)| len).sum();
+    let mut copied = 0u64;
     let mut last_pct = u64::MAX;
-    while off < size {
-        let n = (size - off).min(CHUNK) as usize;
-        src.read_at(&mut buf[..n], off)?;
-        for (i, piece) in buf[..n].chunks(GRAIN).enumerate() {
-            if piece.iter().any(|&b| b != 0) {
-                dst.write_at(piece, off + (i * GRAIN) as u64)?;
+    for (start, len) in ranges {
+        let mut off = start;
+        while off < start + len {
+            let n = (start + len - off).min(CHUNK) as usize;
+            src.read_at(&mut buf[..n], off)?;
+            for (i, piece) in buf[..n].chunks(GRAIN).enumerate() {
+                if piece.iter().any(|&b| b != 0) {
+                    dst.write_at(piece, off + (i * GRAIN) as u64)?;
+                }
             }
-        }
-        off += n as u64;
-        if a.progress {
-            let pct = off * 100 / size.max(1);
-            if pct != last_pct {
-                eprint!("\r    ({pct}.00/100%)");
-                let _ = std::io::stderr().flush();
-                last_pct = pct;
+            off += n as u64;
+            copied += n as u64;
+            if a.progress {
+                let pct = copied * 100 / total.max(1);
+                if pct != last_pct {
+                    eprint!("\r    ({pct}.00/100%)");
+                    let _ = std::io::stderr().flush();
+                    last_pct = pct;
+                }
             }
         }
     }

@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no binary directory"))?;
     let tmp = ward_tests::TempDir::new("bench");
     let setup = probe::Setup {
+        image_format: "raw",
         bin_dir: bin_dir.clone(),
         probe: ward_tests::probe_elf(),
         image: probe::image(&tmp.0)?,
@@ -92,6 +93,21 @@ fn main() -> anyhow::Result<()> {
     if !args.no_probe {
         let results = probe::run(&setup)?;
         println!("{}", probe::report(&setup, &results));
+        // The same on a qcow2 image (made by ward-img), served by both VMMs.
+        let qcow2 = tmp.0.join("bench-disk.qcow2");
+        let st = std::process::Command::new(bin_dir.join("ward-img"))
+            .args(["create", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg("256M")
+            .output()?;
+        anyhow::ensure!(st.status.success(), "ward-img create failed: {st:?}");
+        let q = probe::Setup {
+            image_format: "qcow2",
+            image: qcow2,
+            ..setup.clone()
+        };
+        let results = probe::run(&q)?;
+        println!("{}", probe::report(&q, &results));
     }
     if args.convert_mib > 0 {
         println!(

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::measure::{self, median, Run};
 
+#[derive(Clone)]
 pub struct Setup {
+    /// `raw` or `qcow2`.
+    pub image_format: &'static str,
     pub bin_dir: PathBuf,
     pub probe: PathBuf,
     pub image: PathBuf,
@@ -43,7 +46,7 @@ fn command(s: &Setup, vmm: Vmm, scenarios: &str, n: usize) -> Command {
                 .arg("--cmdline")
                 .arg(&cmdline)
                 .arg("--disk")
-                .arg(&s.image)
+                .arg(format!("{},format={}", s.image.display(), s.image_format))
                 .env("XDG_RUNTIME_DIR", &s.rundir);
             c
         }
@@ -76,8 +79,9 @@ fn command(s: &Setup, vmm: Vmm, scenarios: &str, n: usize) -> Command {
             .arg(&cmdline)
             .arg("-drive")
             .arg(format!(
-                "id=d0,file={},format=raw,if=none",
-                s.image.display()
+                "id=d0,file={},format={},if=none",
+                s.image.display(),
+                s.image_format
             ))
             .args(["-device", "virtio-blk-device,drive=d0"]);
             c
@@ -177,7 +181,7 @@ pub fn report(s: &Setup, r: &[Results; 2]) -> String {
             range(b)
         )
     };
-    let mut t = String::from("| probe guest, 1 vCPU, 128 MiB, one raw disk | ward: median (min–max) | QEMU: median (min–max) | ward/QEMU | target |\n|---|---|---|---|---|\n");
+    let mut t = format!("| probe guest, 1 vCPU, 128 MiB, one {} disk | ward: median (min–max) | QEMU: median (min–max) | ward/QEMU | target |\n|---|---|---|---|---|\n", s.image_format);
     t += &row(
         "process start → PROBE READY",
         "ms",

@@ -1,6 +1,7 @@
 //! Raw images: the file is the disk.
 
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
@@ -17,9 +18,11 @@ pub struct RawImage {
 }
 
 impl RawImage {
-    /// Wraps `file`, whose current length becomes the virtual size.
+    /// Wraps `file`, whose current length becomes the virtual size. Seeking to the end measures
+    /// regular files and block devices alike (a block device's metadata says 0); all I/O is
+    /// positioned, so the file position does not matter afterwards.
     pub fn new(file: File, readonly: bool) -> Result<Self, Error> {
-        let size = file.metadata().map_err(Error::FileSize)?.len();
+        let size = (&file).seek(SeekFrom::End(0)).map_err(Error::FileSize)?;
         Ok(RawImage {
             file,
             size,

@@ -17,4 +17,4 @@ guest() { # name vcpus script
 }
 
 guest one 1 'echo NPROC=$(nproc); printf ward-pattern-A | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null; sync; echo WROTE-A'
-guest two 2 'echo NPROC=$(nproc); echo READ-A=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 14); printf ward-pattern-B | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; sync; echo WROTE-B'
+guest two 2 'echo NPROC=$(nproc); echo READ-A=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 14); blkdiscard -o 1048576 -l 65536 /dev/vda && echo DISCARDED-A; printf ward-pattern-B | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; sync; echo WROTE-B'

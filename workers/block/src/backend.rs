@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
-    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX,
+    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -65,6 +65,8 @@ impl BlockBackend {
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if disk.readonly() {
             features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         let config = config_space(&disk);
         BlockBackend {
@@ -190,6 +192,30 @@ fn config_space(disk: &Disk) -> [u8; CONFIG_SIZE] {
     put(
         offset_of!(virtio_blk_config, num_queues),
         &(NUM_QUEUES as u16).to_le_bytes(),
+    );
+    // DISCARD and WRITE_ZEROES: one range of at most 1 GiB per request, any alignment, and
+    // WRITE_ZEROES may deallocate.
+    let max = crate::request::MAX_RANGE_SECTORS.to_le_bytes();
+    put(offset_of!(virtio_blk_config, max_discard_sectors), &max);
+    put(
+        offset_of!(virtio_blk_config, max_discard_seg),
+        &1u32.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, discard_sector_alignment),
+        &1u32.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, max_write_zeroes_sectors),
+        &max,
+    );
+    put(
+        offset_of!(virtio_blk_config, max_write_zeroes_seg),
+        &1u32.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, write_zeroes_may_unmap),
+        &[1u8],
     );
     c
 }
@@ -327,7 +353,10 @@ mod tests {
             assert_ne!(rw & (1 << bit), 0, "bit {bit}");
         }
         assert_eq!(rw & (1 << VIRTIO_BLK_F_RO), 0);
-        assert_eq!(ro, rw | (1 << VIRTIO_BLK_F_RO));
+        // A writable disk takes DISCARD and WRITE_ZEROES; a read-only one does not.
+        let ranges = (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        assert_eq!(rw & ranges, ranges);
+        assert_eq!(ro, (rw & !ranges) | (1 << VIRTIO_BLK_F_RO));
     }
 
     #[test]

@@ -179,6 +179,41 @@ impl Disk {
         transfer(file, offset, &mut iovs, Direction::Write)
     }
 
+    /// DISCARD and WRITE_ZEROES: `len` bytes at `offset` read as zeros afterwards. Raw images
+    /// punch a hole when `unmap` (else zero the range in place), falling back to writing zeros
+    /// where the file system can do neither; qcow2 images use zero clusters.
+    pub fn zero_range(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        match &self.store {
+            Store::Image(img) => img.write_zeroes(offset, len).map_err(io::Error::other),
+            Store::Raw(f) => {
+                use nix::fcntl::{fallocate, FallocateFlags};
+                let mode = if unmap {
+                    FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE
+                } else {
+                    FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE
+                };
+                let (off, n) = (
+                    libc::off_t::try_from(offset)
+                        .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?,
+                    libc::off_t::try_from(len)
+                        .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?,
+                );
+                if fallocate(f.as_raw_fd(), mode, off, n).is_ok() {
+                    return Ok(());
+                }
+                // Block devices and some file systems: write the zeros.
+                let zeros = vec![0u8; BOUNCE.min(usize::try_from(len).unwrap_or(BOUNCE))];
+                let mut done = 0u64;
+                while done < len {
+                    let k = (len - done).min(zeros.len() as u64) as usize;
+                    std::os::unix::fs::FileExt::write_all_at(f, &zeros[..k], offset + done)?;
+                    done += k as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// VIRTIO_BLK_T_FLUSH: data written so far (and, for qcow2, the metadata that maps it)
     /// reaches stable storage.
     pub fn flush(&self) -> io::Result<()> {

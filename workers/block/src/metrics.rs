@@ -49,6 +49,10 @@ counters! {
     flushes,
     /// Successful VIRTIO_BLK_T_GET_ID requests.
     get_ids,
+    /// Successful VIRTIO_BLK_T_DISCARD requests.
+    discards,
+    /// Successful VIRTIO_BLK_T_WRITE_ZEROES requests.
+    write_zeroes,
     /// Bytes read from the image into guest memory.
     read_bytes,
     /// Bytes written from guest memory to the image.
@@ -118,7 +122,7 @@ mod tests {
         assert!(j.starts_with("{\"requests\":0,\"reads\":1,"), "{j}");
         assert!(j.contains("\"read_bytes\":4096"), "{j}");
         assert!(j.ends_with("\"notify_errors\":0}"), "{j}");
-        assert_eq!(j.matches(':').count(), 20);
+        assert_eq!(j.matches(':').count(), 22);
     }
 
     #[test]

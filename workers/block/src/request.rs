@@ -45,8 +45,9 @@ use std::sync::atomic::AtomicU64;
 
 use tracing::warn;
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -89,7 +90,26 @@ enum Op {
     GetId {
         dst: Buffers,
     },
+    /// Let `len` bytes at `offset` go (they may read back as anything; ward zeroes them).
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+    /// Make `len` bytes at `offset` read as zeros, deallocating them if `unmap`.
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
 }
+
+/// `struct virtio_blk_discard_write_zeroes`: sector (le64), num_sectors (le32), flags (le32).
+pub const RANGE_SEGMENT_SIZE: u64 = 16;
+/// The one flag: VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP.
+const FLAG_UNMAP: u32 = 1;
+/// Most sectors one DISCARD or WRITE_ZEROES may cover (`max_discard_sectors`,
+/// `max_write_zeroes_sectors`): 1 GiB.
+pub const MAX_RANGE_SECTORS: u32 = 1 << 21;
 
 /// Why a request failed. Each kind has its counter and answer (see the module table).
 #[derive(Debug)]
@@ -411,6 +431,38 @@ fn build(mem: &GuestMem, descs: &[Descriptor], disk: &Disk) -> Result<Op, Fault>
             }
             Ok(Op::GetId { dst: writable })
         }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            // One range per request: max_discard_seg and max_write_zeroes_seg are 1.
+            if writable.len != 0 || data_out.len != RANGE_SEGMENT_SIZE {
+                return Err(bad_data());
+            }
+            if disk.readonly() {
+                return Err(Fault::ReadOnly);
+            }
+            let mut seg = [0u8; RANGE_SEGMENT_SIZE as usize];
+            data_out.read_prefix(mem, &mut seg)?;
+            let start = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
+            let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
+            let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+            // Reserved flag bits, or UNMAP on a discard, are not for us to guess at.
+            if flags & !FLAG_UNMAP != 0 || (kind == VIRTIO_BLK_T_DISCARD && flags != 0) {
+                return Err(Fault::Unsupported(kind));
+            }
+            if sectors == 0 || sectors > MAX_RANGE_SECTORS {
+                return Err(bad_data());
+            }
+            let len = u64::from(sectors) * SECTOR_SIZE;
+            let offset = range(disk, start, len)?;
+            Ok(if kind == VIRTIO_BLK_T_DISCARD {
+                Op::Discard { offset, len }
+            } else {
+                Op::WriteZeroes {
+                    offset,
+                    len,
+                    unmap: flags & FLAG_UNMAP != 0,
+                }
+            })
+        }
         other => Err(Fault::Unsupported(other)),
     }
 }
@@ -455,6 +507,16 @@ fn execute(mem: &GuestMem, op: Op, disk: &Disk, metrics: &Metrics) -> Result<u64
             let n = dst.write_prefix(mem, disk.id())?;
             Metrics::bump(&metrics.get_ids);
             Ok(n as u64)
+        }
+        Op::Discard { offset, len } => {
+            disk.zero_range(offset, len, true).map_err(Fault::Io)?;
+            Metrics::bump(&metrics.discards);
+            Ok(0)
+        }
+        Op::WriteZeroes { offset, len, unmap } => {
+            disk.zero_range(offset, len, unmap).map_err(Fault::Io)?;
+            Metrics::bump(&metrics.write_zeroes);
+            Ok(0)
         }
     }
 }

@@ -366,7 +366,7 @@ fn readonly_disk_refuses_writes() {
 
 #[test]
 fn unknown_types_are_unsupported() {
-    for kind in [2, 11, 13, 42, u32::MAX] {
+    for kind in [2, 14, 42, u32::MAX] {
         let fx = Fx::new(false);
         fx.header(kind, 0);
         let c = fx.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
@@ -621,4 +621,77 @@ fn head_index_out_of_range_is_completed_without_status() {
     );
     // The caller cannot complete it either; the queue says so rather than panicking.
     assert!(q.add_used(&fx.mem, c.head, c.used_len).is_err());
+}
+
+// ---- DISCARD and WRITE_ZEROES ----
+
+fn range_segment(fx: &Fx, sector: u64, sectors: u32, flags: u32) {
+    let mut seg = [0u8; 16];
+    seg[0..8].copy_from_slice(&sector.to_le_bytes());
+    seg[8..12].copy_from_slice(&sectors.to_le_bytes());
+    seg[12..16].copy_from_slice(&flags.to_le_bytes());
+    fx.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
+}
+
+#[test]
+fn write_zeroes_and_discard_zero_their_range_only() {
+    for (kind, flags) in [
+        (VIRTIO_BLK_T_WRITE_ZEROES, 0),
+        (VIRTIO_BLK_T_WRITE_ZEROES, 1),
+        (VIRTIO_BLK_T_DISCARD, 0),
+    ] {
+        let fx = Fx::new(false);
+        fx.header(kind, 0);
+        range_segment(&fx, 2, 3, flags);
+        let c = fx.run(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+        assert_eq!(c.used_len, 1, "{kind} {flags}");
+        assert_eq!(fx.status(), S_OK, "{kind} {flags}");
+        assert_eq!(fx.image(0, 1024), expected(0, 1024), "before the range");
+        assert!(
+            fx.image(1024, 1536).iter().all(|&b| b == 0),
+            "{kind} {flags}"
+        );
+        assert_eq!(fx.image(2560, 512), expected(2560, 512), "after the range");
+    }
+}
+
+#[test]
+fn bad_ranges_are_refused_and_touch_nothing() {
+    let cases: [(u32, u64, u32, u32, u8); 6] = [
+        (VIRTIO_BLK_T_WRITE_ZEROES, SECTORS - 1, 2, 0, S_IOERR), // past the end
+        (VIRTIO_BLK_T_WRITE_ZEROES, u64::MAX / 2, 1, 0, S_IOERR), // offset overflow
+        (VIRTIO_BLK_T_WRITE_ZEROES, 0, 0, 0, S_IOERR),           // empty
+        (VIRTIO_BLK_T_WRITE_ZEROES, 0, 1, 0x4, S_UNSUPP),        // reserved flag
+        (VIRTIO_BLK_T_DISCARD, 0, 1, 1, S_UNSUPP),               // UNMAP on a discard
+        (VIRTIO_BLK_T_DISCARD, 0, MAX_RANGE_SECTORS + 1, 0, S_IOERR),
+    ];
+    for (kind, sector, sectors, flags, status) in cases {
+        let fx = Fx::new(false);
+        fx.header(kind, 0);
+        range_segment(&fx, sector, sectors, flags);
+        let c = fx.run(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+        assert_eq!(c.used_len, 1);
+        assert_eq!(fx.status(), status, "{kind} {sector} {sectors} {flags:#x}");
+        assert_eq!(
+            fx.image(0, (SECTORS * 512) as usize),
+            expected(0, (SECTORS * 512) as usize)
+        );
+    }
+    // Two segments (we offer one per request), a writable segment, and a read-only disk.
+    let fx = Fx::new(false);
+    fx.header(VIRTIO_BLK_T_DISCARD, 0);
+    range_segment(&fx, 0, 1, 0);
+    let c = fx.run(&[(HDR, 16, R), (DATA, 32, R), (STATUS, 1, W)]);
+    assert_eq!((c.used_len, fx.status()), (1, S_IOERR));
+    fx.fill(STATUS, 1, SENTINEL);
+    let c = fx.run(&[(HDR, 16, R), (DATA, 16, W), (STATUS, 1, W)]);
+    assert_eq!((c.used_len, fx.status()), (1, S_IOERR));
+    assert_eq!(fx.image(0, 512), expected(0, 512));
+    let fx = Fx::new(true);
+    fx.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    range_segment(&fx, 0, 1, 0);
+    let c = fx.run(&[(HDR, 16, R), (DATA, 16, R), (STATUS, 1, W)]);
+    assert_eq!(c.used_len, 1);
+    assert_eq!(fx.status(), S_IOERR);
+    assert_eq!(fx.image(0, 512), expected(0, 512));
 }

@@ -74,6 +74,14 @@ pub enum Error {
     BadSnapshotTable(&'static str),
     #[error("Image has internal snapshots and can only be opened read-only")]
     SnapshotsReadOnly,
+    #[error("Refusing to repair leaks: the image has {0} corruptions")]
+    RepairWithCorruption(u64),
+    #[error("Snapshot name must be 1 to 65535 bytes")]
+    BadSnapshotName,
+    #[error("A snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+    #[error("No snapshot with id or name {0:?}")]
+    NoSuchSnapshot(String),
     #[error("Image is marked dirty; repair it with `qemu-img check -r all` before writing")]
     Dirty,
     #[error("Image is marked corrupt and can only be opened read-only")]
@@ -105,6 +113,14 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    #[error("New size {0} is not a multiple of 512")]
+    UnalignedSize(u64),
+    #[error("Cannot resize an image that has internal snapshots")]
+    ResizeWithSnapshots,
+    #[error("Shrinking the image needs explicit permission")]
+    ShrinkNotAllowed,
+    #[error("Cannot shrink: the cluster at guest offset {offset:#x} holds data")]
+    ShrinkAllocated { offset: u64 },
     #[error("Invalid image creation parameter: {0}")]
     BadCreateParam(&'static str),
 }

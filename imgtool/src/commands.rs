@@ -234,13 +234,23 @@ pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u
     Ok(0)
 }
 
-pub fn check(path: &Path, format: Option<&str>) -> anyhow::Result<u8> {
+pub fn check(path: &Path, format: Option<&str>, repair: bool) -> anyhow::Result<u8> {
     let (f, fmt) = detect(path, format)?;
     if fmt != Format::Qcow2 {
         eprintln!("ward-img: This image format does not support checks");
         return Ok(63);
     }
-    let img = Qcow2Image::open(f, true, &mut resolver_for(path))?;
+    let f = if repair { open_file(path, true)? } else { f };
+    let img = Qcow2Image::open(f, !repair, &mut resolver_for(path))?;
+    if repair {
+        let fixed = img.repair_leaks()?;
+        if fixed.leaks_fixed > 0 {
+            println!("The following inconsistencies were found and repaired:\n");
+            println!("    {} leaked clusters", fixed.leaks_fixed);
+            println!("    0 corruptions\n");
+            println!("Double checking the fixed image now...");
+        }
+    }
     let r = img.check()?;
     for m in &r.messages {
         println!("{m}");
@@ -256,6 +266,149 @@ pub fn check(path: &Path, format: Option<&str>) -> anyhow::Result<u8> {
         return Ok(3);
     }
     println!("No errors were found on the image.");
+    Ok(0)
+}
+
+/// The size a `resize` argument asks for: absolute, or relative with a leading `+` or `-`.
+fn new_size(old: u64, arg: &str) -> anyhow::Result<u64> {
+    let parse = |s: &str| size::parse(s).map_err(anyhow::Error::msg);
+    if let Some(d) = arg.strip_prefix('+') {
+        old.checked_add(parse(d)?).context("new size overflows")
+    } else if let Some(d) = arg.strip_prefix('-') {
+        let d = parse(d)?;
+        old.checked_sub(d)
+            .with_context(|| format!("cannot shrink by {d} bytes: the image has only {old}"))
+    } else {
+        parse(arg)
+    }
+}
+
+pub fn resize(
+    path: &Path,
+    format: Option<&str>,
+    size_arg: &str,
+    shrink: bool,
+) -> anyhow::Result<u8> {
+    let f = open_file(path, true)?;
+    let fmt = match format_arg(format)? {
+        Some(f) => f,
+        None => ward_image::detect_format(&f)?,
+    };
+    match fmt {
+        Format::Raw => {
+            let old = f.metadata().context("cannot query the image size")?.len();
+            let new = new_size(old, size_arg)?;
+            if new < old && !shrink {
+                bail!("Use the --shrink option to perform a shrink operation");
+            }
+            f.set_len(new).context("cannot resize the image")?;
+            f.sync_all().context("cannot flush the image")?;
+        }
+        Format::Qcow2 => {
+            let img = Qcow2Image::open(f, false, &mut resolver_for(path))?;
+            let old = img.header().size;
+            let new = new_size(old, size_arg)?;
+            if new < old && !shrink {
+                bail!("Use the --shrink option to perform a shrink operation");
+            }
+            img.resize(new, shrink)?;
+        }
+    }
+    println!("Image resized.");
+    Ok(0)
+}
+
+/// What `snapshot` does.
+pub enum SnapshotOp {
+    List,
+    Create(String),
+    Apply(String),
+    Delete(String),
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of a Unix time, in UTC.
+fn date_utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86400).expect("u32 seconds");
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// One line of `qemu-img snapshot -l`, or its heading.
+fn snapshot_line(s: Option<&ward_image::qcow2::Snapshot>) -> String {
+    let Some(s) = s else {
+        return format!(
+            "{:<10}{:<17}{:>8}{:>20}{:>13}{:>11}",
+            "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT"
+        );
+    };
+    let ms = s.vm_clock_nsec / 1_000_000;
+    let clock = format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    );
+    let icount = s.icount.map(|i| i.to_string()).unwrap_or_default();
+    format!(
+        "{:<9} {:<16} {:>8}{:>20}{:>13}{:>11}",
+        s.id,
+        s.name,
+        size::human(s.vm_state_size),
+        date_utc(u64::from(s.date_sec)),
+        clock,
+        icount
+    )
+}
+
+pub fn snapshot(path: &Path, format: Option<&str>, op: SnapshotOp) -> anyhow::Result<u8> {
+    let write = !matches!(op, SnapshotOp::List);
+    let f = open_file(path, write)?;
+    let fmt = match format_arg(format)? {
+        Some(f) => f,
+        None => ward_image::detect_format(&f)?,
+    };
+    if fmt != Format::Qcow2 {
+        bail!("{} images do not support internal snapshots", fmt.name());
+    }
+    let mut img = Qcow2Image::open(f, !write, &mut resolver_for(path))?;
+    match op {
+        SnapshotOp::List => {
+            let list = img.snapshots()?;
+            if !list.is_empty() {
+                println!("Snapshot list:");
+                println!("{}", snapshot_line(None));
+                for s in &list {
+                    println!("{}", snapshot_line(Some(s)));
+                }
+            }
+        }
+        SnapshotOp::Create(n) => {
+            img.snapshot_create(&n)
+                .with_context(|| format!("cannot create snapshot {n:?}"))?;
+        }
+        SnapshotOp::Apply(n) => img
+            .snapshot_apply(&n)
+            .with_context(|| format!("cannot apply snapshot {n:?}"))?,
+        SnapshotOp::Delete(n) => img
+            .snapshot_delete(&n)
+            .with_context(|| format!("cannot delete snapshot {n:?}"))?,
+    }
     Ok(0)
 }
 

@@ -1,7 +1,7 @@
-//! `ward-img`: create, inspect, check, map and convert disk images, with qemu-img's command
-//! names, options and output where they mean the same. Errors go to stderr with a non-zero exit;
-//! a command that makes a new file writes a temporary file and renames it, so a failure leaves
-//! nothing half-written.
+//! `ward-img`: create, inspect, check (and repair leaks), map, convert, resize and snapshot disk
+//! images, with qemu-img's command names, options and output where they mean the same. Errors go
+//! to stderr with a non-zero exit; a command that makes a new file writes a temporary file and
+//! renames it, so a failure leaves nothing half-written.
 
 mod commands;
 mod size;
@@ -54,6 +54,10 @@ enum Cmd {
     Check {
         #[arg(short = 'f')]
         format: Option<String>,
+        /// Repair: `leaks` (lower refcounts to the references) or `all` (the same; other
+        /// errors are reported, not repaired).
+        #[arg(short = 'r', value_parser = ["leaks", "all"])]
+        repair: Option<String>,
         file: PathBuf,
     },
     /// Show which ranges of the image hold data, zeros, or nothing.
@@ -62,6 +66,37 @@ enum Cmd {
         format: Option<String>,
         #[arg(long, default_value = "human")]
         output: String,
+        file: PathBuf,
+    },
+    /// Change an image's virtual size: resize [--shrink] [-f FMT] FILE [+|-]SIZE
+    Resize {
+        /// Allow the size to decrease.
+        #[arg(long)]
+        shrink: bool,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        file: PathBuf,
+        /// New size, or a change of size with a leading + or -.
+        #[arg(allow_hyphen_values = true)]
+        size: String,
+    },
+    /// List, create, apply or delete internal snapshots (qcow2):
+    /// snapshot -l | -c NAME | -a NAME | -d NAME FILE
+    Snapshot {
+        /// List the snapshots.
+        #[arg(short = 'l', conflicts_with_all = ["create", "apply", "delete"])]
+        list: bool,
+        /// Create a snapshot.
+        #[arg(short = 'c', value_name = "NAME", conflicts_with_all = ["apply", "delete"])]
+        create: Option<String>,
+        /// Revert the disk to a snapshot.
+        #[arg(short = 'a', value_name = "NAME", conflicts_with = "delete")]
+        apply: Option<String>,
+        /// Delete a snapshot.
+        #[arg(short = 'd', value_name = "NAME")]
+        delete: Option<String>,
+        #[arg(short = 'f')]
+        format: Option<String>,
         file: PathBuf,
     },
     /// Copy an image into a new one, possibly of another format, skipping zero ranges.
@@ -104,12 +139,41 @@ fn main() -> ExitCode {
             output,
             file,
         } => commands::info(&file, format.as_deref(), &output),
-        Cmd::Check { format, file } => commands::check(&file, format.as_deref()),
+        Cmd::Check {
+            format,
+            repair,
+            file,
+        } => commands::check(&file, format.as_deref(), repair.is_some()),
         Cmd::Map {
             format,
             output,
             file,
         } => commands::map(&file, format.as_deref(), &output),
+        Cmd::Resize {
+            shrink,
+            format,
+            file,
+            size,
+        } => commands::resize(&file, format.as_deref(), &size, shrink),
+        Cmd::Snapshot {
+            list,
+            create,
+            apply,
+            delete,
+            format,
+            file,
+        } => {
+            let op = match (create, apply, delete) {
+                (Some(n), _, _) => commands::SnapshotOp::Create(n),
+                (_, Some(n), _) => commands::SnapshotOp::Apply(n),
+                (_, _, Some(n)) => commands::SnapshotOp::Delete(n),
+                _ => {
+                    let _ = list;
+                    commands::SnapshotOp::List
+                }
+            };
+            commands::snapshot(&file, format.as_deref(), op)
+        }
         Cmd::Convert {
             format,
             out_format,

@@ -313,3 +313,303 @@ fn failures_say_why_and_leave_nothing_behind() {
         "half-written files left: {left:?}"
     );
 }
+
+fn raw_bytes(img: &str, out: &str, dir: &Path) -> Vec<u8> {
+    ok(run("qemu-img", &["convert", "-O", "raw", img, out], dir));
+    std::fs::read(dir.join(out)).unwrap()
+}
+
+#[test]
+fn resize_grows_and_shrinks_like_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("resize");
+    ok(ward_img(
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4K",
+            "a.qcow2",
+            "1M",
+        ],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x61 0 12k",
+            "-c",
+            "write -P 0x62 1020k 4k",
+            "a.qcow2",
+        ],
+        &d.0,
+    ));
+    let before = raw_bytes("a.qcow2", "before.raw", &d.0);
+    // 4 KiB clusters: one L1 entry covers 2 MiB, so this grows the L1 table.
+    let out = ok(ward_img(&["resize", "a.qcow2", "10M"], &d.0));
+    assert!(out.contains("Image resized."), "{out}");
+    ok(run("qemu-img", &["check", "a.qcow2"], &d.0));
+    assert_eq!(qemu_info("a.qcow2", &d.0)["virtual-size"], 10 << 20);
+    let after = raw_bytes("a.qcow2", "after.raw", &d.0);
+    assert_eq!(after.len(), 10 << 20);
+    assert_eq!(&after[..1 << 20], &before[..]);
+    assert!(after[1 << 20..].iter().all(|&b| b == 0));
+    ok(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x63 9M 64k", "a.qcow2"],
+        &d.0,
+    ));
+    ok(run("qemu-img", &["check", "a.qcow2"], &d.0));
+    // Relative sizes; shrinking needs --shrink and must not drop data.
+    ok(ward_img(&["resize", "a.qcow2", "+1M"], &d.0));
+    assert_eq!(qemu_info("a.qcow2", &d.0)["virtual-size"], 11 << 20);
+    let (code, text) = ward_img(&["resize", "a.qcow2", "-2M"], &d.0);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--shrink"), "{text}");
+    let (code, text) = ward_img(&["resize", "--shrink", "a.qcow2", "-2M"], &d.0);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("holds data"), "{text}");
+    assert_eq!(qemu_info("a.qcow2", &d.0)["virtual-size"], 11 << 20);
+    ok(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "discard 9M 64k", "a.qcow2"],
+        &d.0,
+    ));
+    ok(ward_img(&["resize", "--shrink", "a.qcow2", "-2M"], &d.0));
+    ok(run("qemu-img", &["check", "a.qcow2"], &d.0));
+    assert_eq!(qemu_info("a.qcow2", &d.0)["virtual-size"], 9 << 20);
+    ok(ward_img(&["resize", "--shrink", "a.qcow2", "2M"], &d.0));
+    ok(run("qemu-img", &["check", "a.qcow2"], &d.0));
+    let small = raw_bytes("a.qcow2", "small.raw", &d.0);
+    assert_eq!(&small[..1 << 20], &before[..]);
+    assert!(small[1 << 20..].iter().all(|&b| b == 0));
+
+    // Raw: the file is the disk.
+    ok(run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "b.raw", "1M"],
+        &d.0,
+    ));
+    ok(ward_img(&["resize", "b.raw", "+1M"], &d.0));
+    assert_eq!(std::fs::metadata(d.p("b.raw")).unwrap().len(), 2 << 20);
+    assert_ne!(ward_img(&["resize", "b.raw", "1M"], &d.0).0, 0);
+    ok(ward_img(
+        &["resize", "--shrink", "-f", "raw", "b.raw", "1M"],
+        &d.0,
+    ));
+    assert_eq!(std::fs::metadata(d.p("b.raw")).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn resize_hides_a_larger_backing_file() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("resize-backing");
+    ok(run(
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "base.raw", "4M"],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x71 0 4M", "base.raw"],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "-o",
+            "cluster_size=4K",
+            "top.qcow2",
+            "1M",
+        ],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x72 4k 4k", "top.qcow2"],
+        &d.0,
+    ));
+    ok(ward_img(&["resize", "top.qcow2", "6M"], &d.0));
+    ok(run("qemu-img", &["check", "top.qcow2"], &d.0));
+    let got = raw_bytes("top.qcow2", "top.raw", &d.0);
+    assert_eq!(got.len(), 6 << 20);
+    assert!(got[..4096].iter().all(|&b| b == 0x71));
+    assert!(got[4096..8192].iter().all(|&b| b == 0x72));
+    assert!(got[8192..1 << 20].iter().all(|&b| b == 0x71));
+    // What the backing file holds past the old size stays hidden, as qemu-img does it.
+    assert!(got[1 << 20..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn snapshots_made_by_ward_img_are_qemu_snapshots() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("snapshot");
+    ok(ward_img(
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4K",
+            "s.qcow2",
+            "4M",
+        ],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x41 0 2M", "s.qcow2"],
+        &d.0,
+    ));
+    let first = raw_bytes("s.qcow2", "first.raw", &d.0);
+    ok(ward_img(&["snapshot", "-c", "first", "s.qcow2"], &d.0));
+    ok(run("qemu-img", &["check", "s.qcow2"], &d.0));
+    let ours = ok(ward_img(&["snapshot", "-l", "s.qcow2"], &d.0));
+    let theirs = ok(run("qemu-img", &["snapshot", "-l", "s.qcow2"], &d.0));
+    assert_eq!(ours, theirs);
+    assert!(ours.starts_with("Snapshot list:\nID        TAG "), "{ours}");
+    let (code, text) = ward_img(&["snapshot", "-c", "first", "s.qcow2"], &d.0);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("already exists"), "{text}");
+    // Writes after the snapshot leave it alone.
+    ok(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x42 1M 2M", "s.qcow2"],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-img",
+        &[
+            "convert",
+            "-l",
+            "snapshot.name=first",
+            "-O",
+            "raw",
+            "s.qcow2",
+            "snap.raw",
+        ],
+        &d.0,
+    ));
+    assert!(std::fs::read(d.p("snap.raw")).unwrap() == first);
+    // A qemu-made snapshot, applied and deleted by ward-img.
+    ok(run(
+        "qemu-img",
+        &["snapshot", "-c", "second", "s.qcow2"],
+        &d.0,
+    ));
+    let second = raw_bytes("s.qcow2", "second.raw", &d.0);
+    ok(ward_img(&["snapshot", "-a", "first", "s.qcow2"], &d.0));
+    ok(run("qemu-img", &["check", "s.qcow2"], &d.0));
+    assert!(raw_bytes("s.qcow2", "now.raw", &d.0) == first);
+    ok(ward_img(&["snapshot", "-a", "second", "s.qcow2"], &d.0));
+    ok(run("qemu-img", &["check", "s.qcow2"], &d.0));
+    assert!(raw_bytes("s.qcow2", "now.raw", &d.0) == second);
+    let (code, text) = ward_img(&["resize", "s.qcow2", "8M"], &d.0);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("internal snapshots"), "{text}");
+    ok(ward_img(&["snapshot", "-d", "first", "s.qcow2"], &d.0));
+    ok(run("qemu-img", &["check", "s.qcow2"], &d.0));
+    let listed = ok(run("qemu-img", &["snapshot", "-l", "s.qcow2"], &d.0));
+    assert!(
+        !listed.contains("first") && listed.contains("second"),
+        "{listed}"
+    );
+    ok(ward_img(&["snapshot", "-d", "second", "s.qcow2"], &d.0));
+    ok(run("qemu-img", &["check", "s.qcow2"], &d.0));
+    assert_eq!(ok(ward_img(&["snapshot", "-l", "s.qcow2"], &d.0)), "");
+    let (code, text) = ward_img(&["snapshot", "-d", "nope", "s.qcow2"], &d.0);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("No snapshot"), "{text}");
+    assert!(raw_bytes("s.qcow2", "now.raw", &d.0) == second);
+}
+
+/// Sets the 16-bit refcount of cluster `c` in the first refcount block of a qcow2 image.
+fn poke_refcount(path: &Path, c: u64, v: u16) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, 48).unwrap();
+    let table = u64::from_be_bytes(b);
+    f.read_exact_at(&mut b, table).unwrap();
+    let block = u64::from_be_bytes(b);
+    f.write_all_at(&v.to_be_bytes(), block + 2 * c).unwrap();
+}
+
+#[test]
+fn check_repairs_leaks() {
+    if !have_qemu() {
+        return;
+    }
+    let d = Dir::new("repair");
+    ok(ward_img(
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4K",
+            "l.qcow2",
+            "4M",
+        ],
+        &d.0,
+    ));
+    ok(run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x51 0 64k", "l.qcow2"],
+        &d.0,
+    ));
+    let before = raw_bytes("l.qcow2", "before.raw", &d.0);
+    // Leaks: the header's refcount raised, and a cluster past the data counted but unused.
+    let img = d.p("l.qcow2");
+    poke_refcount(&img, 0, 2);
+    let len = std::fs::metadata(&img).unwrap().len();
+    let spare = len.div_ceil(4096);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len((spare + 1) * 4096)
+        .unwrap();
+    poke_refcount(&img, spare, 1);
+    let (code, text) = run("qemu-img", &["check", "l.qcow2"], &d.0);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("2 leaked clusters"), "{text}");
+    let (code, text) = ward_img(&["check", "l.qcow2"], &d.0);
+    assert_eq!(code, 3, "{text}");
+    let out = ok(ward_img(&["check", "-r", "leaks", "l.qcow2"], &d.0));
+    assert!(out.contains("2 leaked clusters"), "{out}");
+    assert!(out.contains("No errors were found"), "{out}");
+    ok(run("qemu-img", &["check", "l.qcow2"], &d.0));
+    assert!(raw_bytes("l.qcow2", "after.raw", &d.0) == before);
+    // Nothing to repair: the same as a plain check.
+    let out = ok(ward_img(&["check", "-r", "all", "l.qcow2"], &d.0));
+    assert!(out.starts_with("No errors were found"), "{out}");
+    // Corruption (a refcount below the references) is not "repaired" by lowering others.
+    poke_refcount(&img, 0, 0);
+    poke_refcount(&img, spare, 1);
+    let (code, text) = ward_img(&["check", "-r", "leaks", "l.qcow2"], &d.0);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("corruption"), "{text}");
+}

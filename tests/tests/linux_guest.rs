@@ -24,7 +24,10 @@ fn check(out: &str, image: &std::path::Path) {
     }
     let img = std::fs::read(image).expect("read image");
     // Pattern A was read back by the second VM, then discarded (DISCARD through the worker).
-    assert!(img[2048 * 512..2048 * 512 + 65536].iter().all(|&b| b == 0), "discard left data");
+    assert!(
+        img[2048 * 512..2048 * 512 + 65536].iter().all(|&b| b == 0),
+        "discard left data"
+    );
     assert_eq!(&img[4096 * 512..4096 * 512 + 14], b"ward-pattern-B");
 }
 

@@ -1,4 +1,4 @@
-//! Consistency check (like `qemu-img check`, without repair) and allocation map.
+//! Consistency check (like `qemu-img check`, with repair of leaks) and allocation map.
 
 use std::collections::HashMap;
 
@@ -21,6 +21,8 @@ pub struct CheckReport {
     pub allocated_clusters: u64,
     /// The first problems found, described.
     pub messages: Vec<String>,
+    /// Leaked clusters whose refcount [`Qcow2Image::repair_leaks`] lowered.
+    pub leaks_fixed: u64,
 }
 
 impl CheckReport {
@@ -153,10 +155,25 @@ impl Qcow2Image {
     /// Recounts every reference and compares with the refcounts on disk, like
     /// `qemu-img check` (16-bit refcounts only; bitmaps are not accounted for).
     pub fn check(&self) -> Result<CheckReport, Error> {
+        self.check_and_repair(false)
+    }
+
+    /// Checks, then lowers every refcount that is higher than the cluster's references (leaks)
+    /// to the number of references. Each refcount is written on its own, so a crash leaves at
+    /// worst some leaks unrepaired. Refused when the check finds corruption: references it
+    /// could not follow would make live clusters look leaked.
+    pub fn repair_leaks(&self) -> Result<CheckReport, Error> {
+        if self.readonly {
+            return Err(Error::ReadOnly);
+        }
+        self.check_and_repair(true)
+    }
+
+    fn check_and_repair(&self, repair: bool) -> Result<CheckReport, Error> {
         let h = self.header().clone();
         let cs = h.cluster_size();
         let file_len = self.file.metadata().map_err(Error::FileSize)?.len();
-        let _st = self.lock();
+        let mut st = self.lock();
         let mut rc = Refcounts::load(&self.file, &h, file_len)?;
         let (snapshots, table_len) = self.snapshot_table()?;
         let mut w = Walk {
@@ -187,6 +204,7 @@ impl Qcow2Image {
             ..
         } = w;
         let file_clusters = file_len.div_ceil(cs);
+        let mut fixes = Vec::new();
         for (&c, &want) in &refs {
             let have = u32::from(actual.get(&c).copied().unwrap_or(0));
             if c >= file_clusters {
@@ -195,9 +213,13 @@ impl Qcow2Image {
                 report.corrupt(format!("cluster {c:#x} refcount={have} reference={want}"));
             } else if have > want {
                 report.leaks += 1;
+                fixes.push((c, want));
             }
         }
-        report.leaks += actual.keys().filter(|c| !refs.contains_key(c)).count() as u64;
+        for &c in actual.keys().filter(|c| !refs.contains_key(c)) {
+            report.leaks += 1;
+            fixes.push((c, 0));
+        }
         for (c, flag, table) in copied {
             let have = actual.get(&c).copied().unwrap_or(0);
             if (have == 1) != flag {
@@ -207,6 +229,20 @@ impl Qcow2Image {
             }
         }
         report.allocated_clusters = refs.len() as u64;
+        if repair && !fixes.is_empty() {
+            if report.corruptions > 0 {
+                return Err(Error::RepairWithCorruption(report.corruptions));
+            }
+            fixes.sort_unstable();
+            for &(c, want) in &fixes {
+                let want = u16::try_from(want).expect("below the current refcount");
+                rc.set(&self.file, c, want)?;
+            }
+            self.file.sync_data().map_err(Error::Flush)?;
+            report.leaks_fixed = fixes.len() as u64;
+            // The image's own refcount cache is stale now.
+            st.refcounts = Some(Refcounts::load(&self.file, &h, file_len)?);
+        }
         Ok(report)
     }
 

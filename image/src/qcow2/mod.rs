@@ -21,8 +21,9 @@
 //! reference to unwritten data or to a cluster whose refcount is zero. [`DiskImage::flush`]
 //! makes phase 3 durable.
 //!
-//! Images with internal snapshots, a dirty or corrupt bit, or refcounts other than 16 bits are
-//! opened read-only only. An error in the middle of a write poisons the image: later writes
+//! Clusters shared with an internal snapshot (refcount above 1, no COPIED flag) are copied
+//! before being written, L2 tables included (see `snapshot_ops`). Images with a dirty or
+//! corrupt bit, or refcounts other than 16 bits, are opened read-only only. An error in the middle of a write poisons the image: later writes
 //! are refused rather than risk writing through inconsistent in-memory tables.
 
 mod check;
@@ -30,7 +31,9 @@ mod compressed;
 pub mod create;
 pub mod header;
 mod refcount;
+mod resize;
 mod snapshot;
+mod snapshot_ops;
 mod write;
 
 use std::collections::hash_map::Entry;
@@ -132,9 +135,6 @@ impl Qcow2Image {
             }
             if header.incompatible_features & INCOMPAT_DIRTY != 0 {
                 return Err(Error::Dirty);
-            }
-            if header.nb_snapshots > 0 {
-                return Err(Error::SnapshotsReadOnly);
             }
         }
         let l1 = read_u64_table(&file, header.l1_table_offset, u64::from(header.l1_size))?;

@@ -225,6 +225,15 @@ impl Refcounts {
         Ok(off)
     }
 
+    /// Allocates `n` contiguous clusters with refcount 1 and returns the offset of the first.
+    pub fn alloc_contiguous(&mut self, file: &File, n: u64) -> Result<u64, Error> {
+        let off = self.take(n)?;
+        for i in 0..n {
+            self.set(file, (off >> self.cluster_bits) + i, 1)?;
+        }
+        Ok(off)
+    }
+
     fn write_block(&self, file: &File, off: u64, blk: &[u16]) -> Result<(), Error> {
         let raw: Vec<u8> = blk.iter().flat_map(|v| v.to_be_bytes()).collect();
         file.write_all_at(&raw, off).map_err(Error::Write)

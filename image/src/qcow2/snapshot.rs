@@ -1,4 +1,4 @@
-//! Internal snapshots: reading the snapshot table (listing only, for now).
+//! Internal snapshots: reading and validating the snapshot table.
 
 use super::header::{check_region, MAX_HOST_OFFSET};
 use super::Qcow2Image;
@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub vm_state_size: u64,
     /// Virtual disk size when the snapshot was taken (version 3 extra data).
     pub disk_size: Option<u64>,
+    /// Instruction count when the snapshot was taken (extra data), if recorded.
+    pub icount: Option<u64>,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -72,6 +74,9 @@ impl Qcow2Image {
             let extra = extra as usize;
             let vm_state_large = (extra >= 8).then(|| be64(&var, 0));
             let disk_size = (extra >= 16).then(|| be64(&var, 8));
+            let icount = (extra >= 24)
+                .then(|| be64(&var, 16))
+                .filter(|&v| v != u64::MAX);
             let id = &var[extra..extra + usize::from(id_len)];
             let name = &var[extra + usize::from(id_len)..];
             let snap = Snapshot {
@@ -84,6 +89,7 @@ impl Qcow2Image {
                 vm_clock_nsec: be64(&fixed, 24),
                 vm_state_size: vm_state_large.unwrap_or(u64::from(be32(&fixed, 32))),
                 disk_size,
+                icount,
             };
             if u64::from(snap.l1_size) * 8 > super::header::MAX_L1_BYTES {
                 return Err(Error::L1TooLarge(snap.l1_size));

@@ -300,23 +300,15 @@ fn compression_type_and_refcount_order() {
 }
 
 #[test]
-fn dirty_corrupt_and_snapshots_are_read_only() {
-    for (at, byte, want) in [
-        (79u64, 1u8, "dirty"),
-        (79, 2, "corrupt"),
-        (63, 1, "snapshots"),
-    ] {
+fn dirty_and_corrupt_are_read_only() {
+    for (at, byte, want) in [(79u64, 1u8, "dirty"), (79, 2, "corrupt")] {
         let f = fresh();
         poke(&f, at, &[byte]);
-        if want == "snapshots" {
-            poke(&f, 64, &(2 * CS).to_be_bytes());
-        }
         let g = f.try_clone().unwrap();
         let r = open_rw(f);
         match want {
             "dirty" => assert!(matches!(r, Err(Error::Dirty)), "{r:?}"),
-            "corrupt" => assert!(matches!(r, Err(Error::MarkedCorrupt)), "{r:?}"),
-            _ => assert!(matches!(r, Err(Error::SnapshotsReadOnly)), "{r:?}"),
+            _ => assert!(matches!(r, Err(Error::MarkedCorrupt)), "{r:?}"),
         }
         let img = open_ro(g).unwrap();
         assert!(matches!(img.write_at(&[1], 0), Err(Error::ReadOnly)));
@@ -624,4 +616,80 @@ fn hostile_snapshot_table() {
     let img = open_ro(f.try_clone().unwrap()).unwrap();
     let r = img.snapshots();
     assert!(matches!(r, Err(Error::BadSnapshotTable(_))), "{r:?}");
+}
+
+fn small_image(size: u64) -> File {
+    let f = temp_file();
+    let mut o = Qcow2CreateOptions::new(size);
+    o.cluster_bits = 12;
+    create_qcow2(&f, &o).unwrap();
+    f
+}
+
+fn reopen(f: &File) -> Qcow2Image {
+    open_rw(f.try_clone().unwrap()).unwrap()
+}
+
+#[test]
+fn resize_grows_the_l1_table_and_keeps_data() {
+    // 4 KiB clusters: one L1 entry covers 2 MiB.
+    let f = small_image(1 << 20);
+    let img = reopen(&f);
+    img.write_at(&[0x5a; 8192], 4096 * 3 + 100).unwrap();
+    img.write_at(&[0x11; 512], (1 << 20) - 512).unwrap();
+    let old_l1 = img.header().l1_table_offset;
+    img.resize(10 << 20, false).unwrap();
+    let img = reopen(&f);
+    assert_eq!(img.virtual_size(), 10 << 20);
+    assert_eq!(img.header().l1_size, 5);
+    assert_ne!(img.header().l1_table_offset, old_l1);
+    assert!(img.check().unwrap().is_clean(), "{:?}", img.check());
+    let mut buf = vec![0u8; 8192];
+    img.read_at(&mut buf, 4096 * 3 + 100).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x5a));
+    let mut buf = vec![0u8; 512];
+    img.read_at(&mut buf, (1 << 20) - 512).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x11));
+    let mut buf = vec![1u8; 4096];
+    img.read_at(&mut buf, 9 << 20).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    img.write_at(&[0x22; 4096], (10 << 20) - 4096).unwrap();
+    assert!(img.check().unwrap().is_clean());
+    // Growing within the L1 table's coverage only changes the size.
+    img.resize((10 << 20) + 512, false).unwrap();
+    let img = reopen(&f);
+    assert_eq!(img.header().l1_size, 6);
+    assert!(img.check().unwrap().is_clean());
+}
+
+#[test]
+fn resize_shrinks_only_what_holds_nothing() {
+    let f = small_image(4 << 20);
+    let img = reopen(&f);
+    img.write_at(&[0x33; 4096], 3 << 20).unwrap();
+    img.write_at(&[0x44; 4096], 1 << 20).unwrap();
+    let r = reopen(&f).resize(2 << 20, false);
+    assert!(matches!(r, Err(Error::ShrinkNotAllowed)), "{r:?}");
+    let r = reopen(&f).resize(2 << 20, true);
+    assert!(
+        matches!(r, Err(Error::ShrinkAllocated { offset }) if offset == 3 << 20),
+        "{r:?}"
+    );
+    let r = reopen(&f).resize(1000, true);
+    assert!(matches!(r, Err(Error::UnalignedSize(1000))), "{r:?}");
+    drop(img);
+    let img = reopen(&f);
+    img.write_zeroes(3 << 20, 4096).unwrap();
+    // The cluster at 1 MiB is cut in half: its tail must read as zeros after growing again.
+    img.resize((1 << 20) + 2048, true).unwrap();
+    let img = reopen(&f);
+    assert_eq!(img.virtual_size(), (1 << 20) + 2048);
+    assert!(img.check().unwrap().is_clean());
+    img.resize(4 << 20, false).unwrap();
+    let img = reopen(&f);
+    let mut buf = vec![0u8; 4096];
+    img.read_at(&mut buf, 1 << 20).unwrap();
+    assert!(buf[..2048].iter().all(|&b| b == 0x44));
+    assert!(buf[2048..].iter().all(|&b| b == 0));
+    assert!(img.check().unwrap().is_clean());
 }

@@ -28,17 +28,25 @@ impl Qcow2Image {
         })?;
         let l2_off = l1e & OFFSET_MASK;
         let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
-        if l2_off != 0 {
-            if l1e & COPIED == 0 && rc.get(&self.file, l2_off >> h.cluster_bits)? != 1 {
-                return Err(Error::SharedL2(l2_off));
-            }
+        if l2_off != 0 && (l1e & COPIED != 0 || rc.get(&self.file, l2_off >> h.cluster_bits)? == 1)
+        {
             return Ok(l2_off);
         }
+        let table = if l2_off != 0 {
+            // Shared with a snapshot: the active layer gets its own copy. The data clusters
+            // are reached by as many L1 tables as before, so their refcounts stay; the old
+            // table loses the active layer's reference once the copy is in place.
+            p.frees.push(l2_off);
+            self.l2_table(st, l2_off)?.clone()
+        } else {
+            let entries = usize::try_from(h.l2_entries()).expect("at most 2^18");
+            vec![0u64; entries]
+        };
+        let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
         let off = rc.alloc(&self.file)?;
         st.l1[l1_idx] = off | COPIED;
         st.l2_offsets.insert(off);
-        let entries = usize::try_from(h.l2_entries()).expect("at most 2^18");
-        st.l2_cache.insert(off, vec![0u64; entries]);
+        st.l2_cache.insert(off, table);
         p.new_l2.push((l1_idx, off));
         Ok(off)
     }

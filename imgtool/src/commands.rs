@@ -480,7 +480,37 @@ fn data_ranges(path: &Path, fmt: Format, size: u64) -> anyhow::Result<Vec<(u64, 
             return Ok(out);
         }
     }
+    if fmt == Format::Raw {
+        return Ok(raw_data_ranges(&open_file(path, false)?, size));
+    }
     Ok(vec![(0, size)])
+}
+
+/// A raw file's data ranges by SEEK_DATA/SEEK_HOLE (holes read as zeros); the whole file when
+/// the file system cannot tell.
+fn raw_data_ranges(f: &File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let end = i64::try_from(size).unwrap_or(i64::MAX);
+    while pos < end {
+        let Ok(data) = lseek(f.as_raw_fd(), pos, Whence::SeekData) else {
+            // ENXIO: no data after pos; anything else: the file system can't say.
+            if nix::errno::Errno::last() == nix::errno::Errno::ENXIO {
+                break;
+            }
+            return vec![(0, size)];
+        };
+        let hole = lseek(f.as_raw_fd(), data, Whence::SeekHole)
+            .unwrap_or(end)
+            .min(end);
+        if hole > data {
+            out.push((data as u64, (hole - data) as u64));
+        }
+        pos = hole;
+    }
+    out
 }
 
 pub struct ConvertArgs<'a> {
@@ -506,11 +536,23 @@ pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
             ward_image::create_qcow2(&out, &opts)?;
         }
     }
-    let dst = ward_image::open(out.try_clone()?, Some(out_format), false, &mut |n: &str| {
+    let mut no_backing = |n: &str| -> std::io::Result<File> {
         Err(std::io::Error::other(format!(
             "unexpected backing file {n}"
         )))
-    })?;
+    };
+    // The output is a new file nobody sees until the rename: its writes need not be ordered
+    // for crash safety (a failure deletes it), only flushed once at the end.
+    let dst: Box<dyn ward_image::DiskImage> = match out_format {
+        Format::Qcow2 => {
+            let q = Qcow2Image::open(out.try_clone()?, false, &mut no_backing)?;
+            q.set_ordered_writes(false);
+            Box::new(q)
+        }
+        Format::Raw => {
+            ward_image::open(out.try_clone()?, Some(out_format), false, &mut no_backing)?
+        }
+    };
     // Only what may hold data is read: for a qcow2 source without a backing file, the ranges
     // its map says are allocated; otherwise everything. Within those, all-zero pieces are left
     // unwritten: the new image reads zeros there.

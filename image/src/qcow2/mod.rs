@@ -96,6 +96,9 @@ pub struct Qcow2Image {
     readonly: bool,
     backing: Option<Box<dyn DiskImage>>,
     state: Mutex<State>,
+    /// Whether allocating writes keep the crash-safe order with its syncs (see the module
+    /// documentation). Off only for a new image nobody else uses yet, like `convert`'s output.
+    ordered: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Qcow2Image {
@@ -203,7 +206,21 @@ impl Qcow2Image {
                 file_len,
                 poisoned: false,
             }),
+            ordered: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Drops (`false`) or restores (`true`) the syncs that order allocating writes. Without
+    /// them a crash can leave the image inconsistent, so this is only for an image that is
+    /// discarded on failure, such as a conversion's output before it is renamed into place:
+    /// call [`DiskImage::flush`] when done.
+    pub fn set_ordered_writes(&self, ordered: bool) {
+        self.ordered
+            .store(ordered, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn ordered_writes(&self) -> bool {
+        self.ordered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The validated header.

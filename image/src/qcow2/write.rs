@@ -92,7 +92,9 @@ impl Qcow2Image {
             self.file.write_all_at(&raw, off).map_err(Error::Write)?;
             st.file_len = st.file_len.max(off + cs);
         }
-        self.file.sync_data().map_err(Error::Flush)?;
+        if self.ordered_writes() {
+            self.file.sync_data().map_err(Error::Flush)?;
+        }
         for &(l2_off, idx, e) in &p.l2_updates {
             let at = l2_off + idx as u64 * 8;
             self.file
@@ -107,7 +109,9 @@ impl Qcow2Image {
                 .map_err(Error::Write)?;
         }
         if !p.frees.is_empty() {
-            self.file.sync_data().map_err(Error::Flush)?;
+            if self.ordered_writes() {
+                self.file.sync_data().map_err(Error::Flush)?;
+            }
             let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
             for off in p.frees {
                 rc.decrement(&self.file, off >> h.cluster_bits)?;

@@ -57,7 +57,8 @@ pub fn kvm_available(test: &str) -> bool {
             .append(true)
             .open(marker)
         {
-            let _ = writeln!(f, "{test}");
+            // One write per line: O_APPEND keeps concurrent tests' lines whole.
+            let _ = f.write_all(format!("{test}\n").as_bytes());
         }
     }
     true

@@ -2,17 +2,17 @@
 # The Linux guest scenarios, run where ward can boot Linux: directly on a host with real KVM,
 # or inside the nested machine (tests/nested) on hosts whose KVM cannot.
 # Environment: GUEST_DIR (vmlinuz, initramfs.cpio.gz), DISK (raw image or block device),
-# LOGDIR (writable), and `ward` on PATH.
+# SCRATCH (writable), and `ward` on PATH.
 # Few VMs per run: inside the nested machine each costs seconds.
 
 b64() { printf '%s' "$1" | base64 | tr -d '\n'; }
 
 guest() { # name vcpus script
     ward run --name "$1" --kernel "$GUEST_DIR/vmlinuz" --initrd "$GUEST_DIR/initramfs.cpio.gz" \
-        --vcpus "$2" --memory 256M --disk "$DISK" --console-log "$LOGDIR/$1.log" \
+        --vcpus "$2" --memory 256M --disk "$DISK" --console-log "$SCRATCH/$1.log" \
         --cmdline "console=ttyS0 reboot=k panic=-1 ward.run=$(b64 "$3")"
     rc=$?
-    sed "s/^/[$1] /" "$LOGDIR/$1.log"
+    sed "s/^/[$1] /" "$SCRATCH/$1.log"
     echo "LINUX-TEST $1 ward-exit=$rc"
 }
 

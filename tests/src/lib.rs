@@ -408,3 +408,62 @@ pub fn linux_guest() -> (PathBuf, PathBuf) {
     });
     (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"))
 }
+
+/// Runs a Linux-guest script (`tests/guest/*.sh`) where ward can boot Linux: directly on a host
+/// whose KVM can, else inside the nested machine (`tests/nested`). Either way the script gets
+/// `ward`, `ward-vmm`, `ward-block` and `ward-img` on its PATH, `GUEST_DIR` (vmlinuz and
+/// initramfs), `SCRATCH` (a writable directory) and one variable per disk: inside the nested
+/// machine the disks are its /dev/vda, /dev/vdb, … in order; directly, their paths. Returns
+/// what the script printed; panics if it (or the nested machine) failed.
+pub fn run_linux_script(script: &str, scratch: &TempDir, disks: &[(&str, &Path)]) -> String {
+    let (kernel, initrd) = linux_guest();
+    let script = repo().join(script);
+    let bins = ["ward", "ward-vmm", "ward-block", "ward-img"];
+    let out = if host_is_pvm() {
+        eprintln!("host KVM is PVM: running the Linux guest inside the nested machine");
+        let mut c = Command::new("bash");
+        c.arg(repo().join("tests/nested/run-nested.sh"))
+            .args(["--timeout", "900"]);
+        for b in bins {
+            c.arg("--bin").arg(bin(b));
+        }
+        for f in [&kernel, &initrd] {
+            c.arg("--file").arg(format!("{}:/ward/guest/", f.display()));
+        }
+        for (i, (var, path)) in disks.iter().enumerate() {
+            let dev = format!("/dev/vd{}", (b'a' + i as u8) as char);
+            c.arg("--disk")
+                .arg(path)
+                .arg("--env")
+                .arg(format!("{var}={dev}"));
+        }
+        c.args(["--env", "GUEST_DIR=/ward/guest", "--env", "SCRATCH=/tmp"])
+            .arg("--script")
+            .arg(&script);
+        c.output().expect("run the nested machine")
+    } else {
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = Command::new("sh");
+        c.arg(&script)
+            .env("PATH", path)
+            .env("GUEST_DIR", kernel.parent().expect("guest dir"))
+            .env("SCRATCH", &scratch.0)
+            .env("XDG_RUNTIME_DIR", &scratch.0);
+        for (var, path) in disks {
+            c.env(var, path);
+        }
+        c.output().expect("run the script")
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{text}",
+        script.display(),
+        out.status
+    );
+    text
+}

@@ -3,8 +3,7 @@
 //! and the host finds both patterns in the image. Directly on a host whose KVM can run Linux;
 //! inside the nested machine (tests/nested) on the PVM host, where it cannot.
 
-use std::process::Command;
-use ward_tests::{bin, host_is_pvm, kvm_available, linux_guest, repo, TempDir};
+use ward_tests::{kvm_available, TempDir};
 
 fn check(out: &str, image: &std::path::Path) {
     for want in [
@@ -36,54 +35,9 @@ fn linux_boots_and_writes_its_disk() {
     if !kvm_available("linux_boots_and_writes_its_disk") {
         return;
     }
-    let (kernel, initrd) = linux_guest();
     let dir = TempDir::new("linux");
     let image = dir.image("disk.img", 64 << 20);
-    let script = repo().join("tests/guest/linux-scenarios.sh");
-    let out = if host_is_pvm() {
-        eprintln!("host KVM is PVM: running the Linux guest inside the nested machine");
-        let o = Command::new("bash")
-            .arg(repo().join("tests/nested/run-nested.sh"))
-            .args(["--timeout", "900", "--bin"])
-            .arg(bin("ward"))
-            .arg("--bin")
-            .arg(bin("ward-vmm"))
-            .arg("--bin")
-            .arg(bin("ward-block"))
-            .arg("--file")
-            .arg(format!("{}:/ward/guest/", kernel.display()))
-            .arg("--file")
-            .arg(format!("{}:/ward/guest/", initrd.display()))
-            .arg("--disk")
-            .arg(&image)
-            .args(["--env", "GUEST_DIR=/ward/guest", "--env", "DISK=/dev/vda"])
-            .args(["--env", "LOGDIR=/tmp", "--script"])
-            .arg(&script)
-            .output()
-            .expect("run the nested machine");
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "nested run failed ({}):\n{text}",
-            o.status
-        );
-        text
-    } else {
-        let path = format!(
-            "{}:{}",
-            ward_tests::bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let o = Command::new("sh")
-            .arg(&script)
-            .env("PATH", path)
-            .env("GUEST_DIR", kernel.parent().expect("guest dir"))
-            .env("DISK", &image)
-            .env("LOGDIR", &dir.0)
-            .env("XDG_RUNTIME_DIR", &dir.0)
-            .output()
-            .expect("run the scenarios");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let out =
+        ward_tests::run_linux_script("tests/guest/linux-scenarios.sh", &dir, &[("DISK", &image)]);
     check(&out, &image);
 }

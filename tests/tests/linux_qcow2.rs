@@ -5,71 +5,24 @@
 
 use std::process::Command;
 
-use ward_tests::{bin, host_is_pvm, kvm_available, linux_guest, repo, TempDir};
+use ward_tests::{kvm_available, TempDir};
 
 #[test]
 fn linux_writes_a_qcow2_overlay() {
     if !kvm_available("linux_writes_a_qcow2_overlay") {
         return;
     }
-    let (kernel, initrd) = linux_guest();
     let dir = TempDir::new("linux-qcow2");
     let base_path = dir.image("base.raw", 16 << 20);
     let mut base = std::fs::read(&base_path).unwrap();
     base[100 * 512..100 * 512 + 11].copy_from_slice(b"ward-base-A");
     std::fs::write(&base_path, &base).unwrap();
     let export = dir.image("export.img", 16 << 20);
-    let script = repo().join("tests/guest/linux-qcow2.sh");
-    let out = if host_is_pvm() {
-        let o = Command::new("bash")
-            .arg(repo().join("tests/nested/run-nested.sh"))
-            .args(["--timeout", "900"])
-            .args(["--bin"])
-            .arg(bin("ward"))
-            .args(["--bin"])
-            .arg(bin("ward-vmm"))
-            .args(["--bin"])
-            .arg(bin("ward-block"))
-            .args(["--bin"])
-            .arg(bin("ward-img"))
-            .arg("--file")
-            .arg(format!("{}:/ward/guest/", kernel.display()))
-            .arg("--file")
-            .arg(format!("{}:/ward/guest/", initrd.display()))
-            .arg("--disk")
-            .arg(&base_path)
-            .arg("--disk")
-            .arg(&export)
-            .args(["--env", "GUEST_DIR=/ward/guest", "--env", "BASE=/dev/vda"])
-            .args([
-                "--env",
-                "SCRATCH=/tmp",
-                "--env",
-                "EXPORT=/dev/vdb",
-                "--script",
-            ])
-            .arg(&script)
-            .output()
-            .expect("run the nested machine");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    } else {
-        let path = format!(
-            "{}:{}",
-            ward_tests::bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let o = Command::new("sh")
-            .arg(&script)
-            .env("PATH", path)
-            .env("GUEST_DIR", kernel.parent().expect("guest dir"))
-            .env("BASE", &base_path)
-            .env("SCRATCH", &dir.0)
-            .env("EXPORT", &export)
-            .env("XDG_RUNTIME_DIR", &dir.0)
-            .output()
-            .expect("run the scenario");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let out = ward_tests::run_linux_script(
+        "tests/guest/linux-qcow2.sh",
+        &dir,
+        &[("BASE", &base_path), ("EXPORT", &export)],
+    );
     for want in [
         "LINUX-QCOW2 ward-exit=0",
         "[q] BASE=ward-base-A",

@@ -138,7 +138,7 @@ impl Disk {
     ) -> io::Result<()> {
         let file = match &self.store {
             Store::Raw(f) => f,
-            Store::Image(img) => return bounce_read(img.as_ref(), offset, bufs),
+            Store::Image(img) => return bounce(img.as_ref(), offset, bufs, Direction::Read),
         };
         let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
         let mut iovs: Vec<libc::iovec> = guards
@@ -165,7 +165,7 @@ impl Disk {
     ) -> io::Result<()> {
         let file = match &self.store {
             Store::Raw(f) => f,
-            Store::Image(img) => return bounce_write(img.as_ref(), offset, bufs),
+            Store::Image(img) => return bounce(img.as_ref(), offset, bufs, Direction::Write),
         };
         let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard()).collect();
         let mut iovs: Vec<libc::iovec> = guards
@@ -224,44 +224,30 @@ impl Disk {
     }
 }
 
-/// Reads through the image into guest buffers, [`BOUNCE`] bytes at a time.
-fn bounce_read<B: BitmapSlice>(
+/// Moves guest buffers to or from the image, [`BOUNCE`] bytes at a time.
+fn bounce<B: BitmapSlice>(
     img: &dyn ward_image::DiskImage,
     mut offset: u64,
     bufs: &[VolatileSlice<'_, B>],
+    dir: Direction,
 ) -> io::Result<()> {
     let mut tmp = vec![0u8; BOUNCE.min(bufs.iter().map(|b| b.len()).sum())];
     for b in bufs {
         let mut done = 0;
         while done < b.len() {
             let n = (b.len() - done).min(BOUNCE);
-            img.read_at(&mut tmp[..n], offset)
-                .map_err(io::Error::other)?;
-            b.subslice(done, n)
-                .map_err(io::Error::other)?
-                .copy_from(&tmp[..n]);
-            done += n;
-            offset += n as u64;
-        }
-    }
-    Ok(())
-}
-
-/// Writes guest buffers through the image, [`BOUNCE`] bytes at a time.
-fn bounce_write<B: BitmapSlice>(
-    img: &dyn ward_image::DiskImage,
-    mut offset: u64,
-    bufs: &[VolatileSlice<'_, B>],
-) -> io::Result<()> {
-    let mut tmp = vec![0u8; BOUNCE.min(bufs.iter().map(|b| b.len()).sum())];
-    for b in bufs {
-        let mut done = 0;
-        while done < b.len() {
-            let n = (b.len() - done).min(BOUNCE);
-            b.subslice(done, n)
-                .map_err(io::Error::other)?
-                .copy_to(&mut tmp[..n]);
-            img.write_at(&tmp[..n], offset).map_err(io::Error::other)?;
+            let piece = b.subslice(done, n).map_err(io::Error::other)?;
+            match dir {
+                Direction::Read => {
+                    img.read_at(&mut tmp[..n], offset)
+                        .map_err(io::Error::other)?;
+                    piece.copy_from(&tmp[..n]);
+                }
+                Direction::Write => {
+                    piece.copy_to(&mut tmp[..n]);
+                    img.write_at(&tmp[..n], offset).map_err(io::Error::other)?;
+                }
+            }
             done += n;
             offset += n as u64;
         }

@@ -58,9 +58,18 @@ pub fn run(ward_img: &Path, dir: &Path, size: u64, runs: usize) -> anyhow::Resul
     time(c)?;
     let out = dir.join("conv-out");
     let mut rows = Vec::new();
-    for (what, input, fmt) in [
-        ("qcow2 → raw", &qsrc, "raw"),
-        ("raw → qcow2", &src, "qcow2"),
+    // Both tools' defaults first (neither syncs: qemu-img's convert defaults to cache=unsafe,
+    // and so does ward-img's), then both asked to sync the result (`-t writeback`).
+    for (what, input, fmt, cache) in [
+        ("qcow2 → raw", &qsrc, "raw", None),
+        ("raw → qcow2", &src, "qcow2", None),
+        ("qcow2 → raw, -t writeback", &qsrc, "raw", Some("writeback")),
+        (
+            "raw → qcow2, -t writeback",
+            &src,
+            "qcow2",
+            Some("writeback"),
+        ),
     ] {
         let (mut w, mut q) = (Vec::new(), Vec::new());
         for i in 0..runs {
@@ -71,12 +80,18 @@ pub fn run(ward_img: &Path, dir: &Path, size: u64, runs: usize) -> anyhow::Resul
             };
             for ward in order {
                 let _ = std::fs::remove_file(&out);
+                // Start each run with no dirty pages from the last one being written back.
+                Command::new("sync").status()?;
                 let mut c = if ward {
                     Command::new(ward_img)
                 } else {
                     Command::new("qemu-img")
                 };
-                c.args(["convert", "-O", fmt]).arg(input).arg(&out);
+                c.args(["convert", "-O", fmt]);
+                if let Some(t) = cache {
+                    c.args(["-t", t]);
+                }
+                c.arg(input).arg(&out);
                 let secs = time(c)?;
                 if ward {
                     w.push(secs)
@@ -94,7 +109,7 @@ pub fn run(ward_img: &Path, dir: &Path, size: u64, runs: usize) -> anyhow::Resul
     }
     let _ = std::fs::remove_file(&out);
     Ok(format!(
-        "| convert, {} MiB image (⅓ data, ⅓ zeros, ⅓ holes) | ward-img (median) | qemu-img (median) | ward/qemu | target |\n|---|---|---|---|---|\n{}\n\n{runs} runs each, interleaved; page cache warm.\n",
+        "| convert, {} MiB image (⅓ data, ⅓ zeros, ⅓ holes) | ward-img (median) | qemu-img (median) | ward/qemu | target |\n|---|---|---|---|---|\n{}\n\n{runs} runs each, interleaved, `sync` before each; page cache warm (the source was just written).\n",
         size >> 20,
         rows.join("\n")
     ))

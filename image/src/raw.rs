@@ -38,7 +38,17 @@ impl RawImage {
 
 /// Creates a raw image of `size` bytes (sparse) in `file`, truncating it.
 pub fn create_raw(file: &File, size: u64) -> Result<(), Error> {
-    file.set_len(0).map_err(Error::SetLen)?;
+    reset_len(file, size)
+}
+
+/// Empties `file` and sets its length to `size` (reading zeros).
+pub(crate) fn reset_len(file: &File, size: u64) -> Result<(), Error> {
+    // Truncating to zero only when there is something to drop: on ext4, a truncation to zero
+    // marks the file for "replace via truncate" (auto_da_alloc), which makes its close wait
+    // for every written block to be allocated, a needless flush for a new file.
+    if file.metadata().map_err(Error::FileSize)?.len() != 0 {
+        file.set_len(0).map_err(Error::SetLen)?;
+    }
     file.set_len(size).map_err(Error::SetLen)
 }
 

@@ -1,7 +1,6 @@
 //! The subcommands. Each returns the process exit code, or an error for the caller to print.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +14,7 @@ use crate::size;
 /// Bit 0 of qcow2's incompatible features: the image was not closed cleanly.
 const DIRTY_BIT: u64 = 1;
 
-fn format_arg(name: Option<&str>) -> anyhow::Result<Option<Format>> {
+pub(crate) fn format_arg(name: Option<&str>) -> anyhow::Result<Option<Format>> {
     name.map(|n| {
         Format::from_name(n).with_context(|| format!("unknown format {n:?} (raw or qcow2)"))
     })
@@ -24,7 +23,7 @@ fn format_arg(name: Option<&str>) -> anyhow::Result<Option<Format>> {
 
 /// Opens backing files by the name stored in an image: relative names are relative to the
 /// directory of the image that names them (as qemu resolves them). Read-only.
-fn resolver_for(image: &Path) -> impl FnMut(&str) -> std::io::Result<File> {
+pub(crate) fn resolver_for(image: &Path) -> impl FnMut(&str) -> std::io::Result<File> {
     let dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
     move |name: &str| {
         let p = Path::new(name);
@@ -36,7 +35,7 @@ fn resolver_for(image: &Path) -> impl FnMut(&str) -> std::io::Result<File> {
     }
 }
 
-fn open_file(path: &Path, write: bool) -> anyhow::Result<File> {
+pub(crate) fn open_file(path: &Path, write: bool) -> anyhow::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(write)
@@ -44,7 +43,7 @@ fn open_file(path: &Path, write: bool) -> anyhow::Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File, Format)> {
+pub(crate) fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File, Format)> {
     let f = open_file(path, false)?;
     let fmt = match format_arg(format)? {
         Some(f) => f,
@@ -54,7 +53,7 @@ fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File, Format)> {
 }
 
 /// Parses `-o key=value,...`; only `cluster_size` is known.
-fn cluster_bits(options: Option<&str>) -> anyhow::Result<u32> {
+pub(crate) fn cluster_bits(options: Option<&str>) -> anyhow::Result<u32> {
     let mut bits = 16;
     for opt in options.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
@@ -72,14 +71,14 @@ fn cluster_bits(options: Option<&str>) -> anyhow::Result<u32> {
 }
 
 /// A temporary file beside `dest`, renamed over it by [`Temp::commit`], removed otherwise.
-struct Temp {
+pub(crate) struct Temp {
     path: PathBuf,
     dest: PathBuf,
     done: bool,
 }
 
 impl Temp {
-    fn new(dest: &Path) -> anyhow::Result<(Temp, File)> {
+    pub(crate) fn new(dest: &Path) -> anyhow::Result<(Temp, File)> {
         let name = dest
             .file_name()
             .with_context(|| format!("{} is not a file name", dest.display()))?;
@@ -103,7 +102,7 @@ impl Temp {
         ))
     }
 
-    fn commit(mut self) -> anyhow::Result<()> {
+    pub(crate) fn commit(mut self) -> anyhow::Result<()> {
         std::fs::rename(&self.path, &self.dest)
             .with_context(|| format!("cannot create {}", self.dest.display()))?;
         self.done = true;
@@ -459,139 +458,6 @@ pub fn map(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u8
             }
         }
         other => bail!("unknown output format {other:?} (human or json)"),
-    }
-    Ok(0)
-}
-
-/// The ranges of `path` that may hold data, merged and in order.
-fn data_ranges(path: &Path, fmt: Format, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
-    if fmt == Format::Qcow2 {
-        let img = Qcow2Image::open(open_file(path, false)?, true, &mut resolver_for(path))?;
-        if img.header().backing_file.is_none() {
-            let mut out: Vec<(u64, u64)> = Vec::new();
-            for e in img.map()? {
-                if matches!(e.kind, MapKind::Data | MapKind::Compressed) {
-                    match out.last_mut() {
-                        Some((s, l)) if *s + *l == e.start => *l += e.length,
-                        _ => out.push((e.start, e.length)),
-                    }
-                }
-            }
-            return Ok(out);
-        }
-    }
-    if fmt == Format::Raw {
-        return Ok(raw_data_ranges(&open_file(path, false)?, size));
-    }
-    Ok(vec![(0, size)])
-}
-
-/// A raw file's data ranges by SEEK_DATA/SEEK_HOLE (holes read as zeros); the whole file when
-/// the file system cannot tell.
-fn raw_data_ranges(f: &File, size: u64) -> Vec<(u64, u64)> {
-    use nix::unistd::{lseek, Whence};
-    use std::os::fd::AsRawFd;
-    let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    let end = i64::try_from(size).unwrap_or(i64::MAX);
-    while pos < end {
-        let Ok(data) = lseek(f.as_raw_fd(), pos, Whence::SeekData) else {
-            // ENXIO: no data after pos; anything else: the file system can't say.
-            if nix::errno::Errno::last() == nix::errno::Errno::ENXIO {
-                break;
-            }
-            return vec![(0, size)];
-        };
-        let hole = lseek(f.as_raw_fd(), data, Whence::SeekHole)
-            .unwrap_or(end)
-            .min(end);
-        if hole > data {
-            out.push((data as u64, (hole - data) as u64));
-        }
-        pos = hole;
-    }
-    out
-}
-
-pub struct ConvertArgs<'a> {
-    pub input: &'a Path,
-    pub format: Option<&'a str>,
-    pub output: &'a Path,
-    pub out_format: &'a str,
-    pub options: Option<&'a str>,
-    pub progress: bool,
-}
-
-pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
-    let out_format = format_arg(Some(a.out_format))?.expect("given");
-    let (f, fmt) = detect(a.input, a.format)?;
-    let src = ward_image::open(f, Some(fmt), true, &mut resolver_for(a.input))?;
-    let size = src.virtual_size();
-    let (tmp, out) = Temp::new(a.output)?;
-    match out_format {
-        Format::Raw => ward_image::create_raw(&out, size)?,
-        Format::Qcow2 => {
-            let mut opts = Qcow2CreateOptions::new(size);
-            opts.cluster_bits = cluster_bits(a.options)?;
-            ward_image::create_qcow2(&out, &opts)?;
-        }
-    }
-    let mut no_backing = |n: &str| -> std::io::Result<File> {
-        Err(std::io::Error::other(format!(
-            "unexpected backing file {n}"
-        )))
-    };
-    // The output is a new file nobody sees until the rename: its writes need not be ordered
-    // for crash safety (a failure deletes it), only flushed once at the end.
-    let dst: Box<dyn ward_image::DiskImage> = match out_format {
-        Format::Qcow2 => {
-            let q = Qcow2Image::open(out.try_clone()?, false, &mut no_backing)?;
-            q.set_ordered_writes(false);
-            Box::new(q)
-        }
-        Format::Raw => {
-            ward_image::open(out.try_clone()?, Some(out_format), false, &mut no_backing)?
-        }
-    };
-    // Only what may hold data is read: for a qcow2 source without a backing file, the ranges
-    // its map says are allocated; otherwise everything. Within those, all-zero pieces are left
-    // unwritten: the new image reads zeros there.
-    let ranges = data_ranges(a.input, fmt, size)?;
-    const CHUNK: u64 = 1 << 20;
-    /// Zero detection granularity: qemu's default cluster size.
-    const GRAIN: usize = 64 << 10;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let total: u64 = ranges.iter().map(|(_, len)| len).sum();
-    let mut copied = 0u64;
-    let mut last_pct = u64::MAX;
-    for (start, len) in ranges {
-        let mut off = start;
-        while off < start + len {
-            let n = (start + len - off).min(CHUNK) as usize;
-            src.read_at(&mut buf[..n], off)?;
-            for (i, piece) in buf[..n].chunks(GRAIN).enumerate() {
-                if piece.iter().any(|&b| b != 0) {
-                    dst.write_at(piece, off + (i * GRAIN) as u64)?;
-                }
-            }
-            off += n as u64;
-            copied += n as u64;
-            if a.progress {
-                let pct = copied * 100 / total.max(1);
-                if pct != last_pct {
-                    eprint!("\r    ({pct}.00/100%)");
-                    let _ = std::io::stderr().flush();
-                    last_pct = pct;
-                }
-            }
-        }
-    }
-    dst.flush()?;
-    drop(dst);
-    out.sync_all()?;
-    tmp.commit()?;
-    if a.progress {
-        eprintln!();
     }
     Ok(0)
 }

@@ -4,6 +4,7 @@
 //! renames it, so a failure leaves nothing half-written.
 
 mod commands;
+mod convert;
 mod size;
 
 use std::path::PathBuf;
@@ -111,6 +112,12 @@ enum Cmd {
         /// Show progress.
         #[arg(short = 'p')]
         progress: bool,
+        /// Cache mode of the output. `unsafe` (the default, as with qemu-img convert) leaves
+        /// the new image to the page cache: a failed command still leaves nothing behind, but a
+        /// host crash soon after may lose data. `writeback` syncs it before renaming it into
+        /// place.
+        #[arg(short = 't', default_value = "unsafe", value_parser = ["writeback", "unsafe"])]
+        cache: String,
         input: PathBuf,
         output: PathBuf,
     },
@@ -179,15 +186,17 @@ fn main() -> ExitCode {
             out_format,
             options,
             progress,
+            cache,
             input,
             output,
-        } => commands::convert(commands::ConvertArgs {
+        } => convert::convert(convert::ConvertArgs {
             input: &input,
             format: format.as_deref(),
             output: &output,
             out_format: &out_format,
             options: options.as_deref(),
             progress,
+            sync: cache == "writeback",
         }),
     };
     match result {

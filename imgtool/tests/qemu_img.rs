@@ -253,11 +253,20 @@ fn raw_to_qcow2_is_clean_and_identical() {
         ],
         &d.0,
     ));
-    for cs in ["4K", "64K", "1M"] {
+    // 1 MiB of data crosses the converter's 2 MiB chunks at 2 MiB: several chunks, read by
+    // two threads, written in order.
+    ok(run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x33 1536k 1M", "in.raw"],
+        &d.0,
+    ));
+    for (cs, cache) in [("4K", "unsafe"), ("64K", "writeback"), ("1M", "unsafe")] {
         ok(ward_img(
             &[
                 "convert",
                 "-p",
+                "-t",
+                cache,
                 "-f",
                 "raw",
                 "-O",
@@ -274,6 +283,21 @@ fn raw_to_qcow2_is_clean_and_identical() {
         assert!(cmp.contains("Images are identical"), "{cs}: {cmp}");
         let check = ok(ward_img(&["check", "out.qcow2"], &d.0));
         assert!(check.contains("No errors were found"), "{check}");
+        // Clusters lie on the host in guest order.
+        let map: serde_json::Value = serde_json::from_str(&ok(run(
+            "qemu-img",
+            &["map", "--output=json", "out.qcow2"],
+            &d.0,
+        )))
+        .unwrap();
+        let offsets: Vec<u64> = map
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.get("offset").and_then(|o| o.as_u64()))
+            .collect();
+        assert!(offsets.len() >= 2, "{cs}: {map}");
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{cs}: {map}");
     }
 }
 
@@ -302,6 +326,38 @@ fn failures_say_why_and_leave_nothing_behind() {
     std::fs::write(d.p("junk.qcow2"), b"QFI\xfb\x00\x00\x00\x03garbage").unwrap();
     let (code, text) = ward_img(&["info", "junk.qcow2"], &d.0);
     assert_eq!(code, 1, "{text}");
+    // A qcow2 whose last data cluster was cut off: the conversion fails naming the problem,
+    // after it has written the earlier data, and leaves no output behind.
+    if have_qemu() {
+        ok(run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "cut.qcow2", "64M"],
+            &d.0,
+        ));
+        ok(run(
+            "qemu-io",
+            &[
+                "-c",
+                "write -P 1 0 8M",
+                "-c",
+                "write -P 2 40M 1M",
+                "cut.qcow2",
+            ],
+            &d.0,
+        ));
+        let len = std::fs::metadata(d.p("cut.qcow2")).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.p("cut.qcow2"))
+            .unwrap();
+        f.set_len(len - (512 << 10)).unwrap();
+        for fmt in ["raw", "qcow2"] {
+            let (code, text) = ward_img(&["convert", "-O", fmt, "cut.qcow2", "out"], &d.0);
+            assert_eq!(code, 1, "{text}");
+            assert!(text.contains("beyond the end of the file"), "{text}");
+        }
+        std::fs::remove_file(d.p("cut.qcow2")).unwrap();
+    }
     let left: Vec<_> = std::fs::read_dir(&d.0)
         .unwrap()
         .flatten()

@@ -111,8 +111,7 @@ pub fn create_qcow2(file: &File, opts: &Qcow2CreateOptions) -> Result<(), Error>
         backing_file: opts.backing_file.clone(),
         backing_format,
     };
-    file.set_len(0).map_err(Error::SetLen)?;
-    file.set_len(total * cs).map_err(Error::SetLen)?;
+    crate::raw::reset_len(file, total * cs)?;
     let mut rt = vec![0u8; usize::try_from(rt_clusters * cs).expect("small")];
     for i in 0..blocks {
         let at = usize::try_from(i * 8).expect("small");

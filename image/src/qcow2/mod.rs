@@ -215,6 +215,10 @@ impl Qcow2Image {
     /// discarded on failure, such as a conversion's output before it is renamed into place:
     /// call [`DiskImage::flush`] when done.
     pub fn set_ordered_writes(&self, ordered: bool) {
+        let mut st = self.lock();
+        if let Some(rc) = st.refcounts.as_mut() {
+            rc.ordered = ordered;
+        }
         self.ordered
             .store(ordered, std::sync::atomic::Ordering::Relaxed);
     }
@@ -387,6 +391,20 @@ impl DiskImage for Qcow2Image {
             let n = usize::try_from((cs - pos % cs).min((buf.len() - done) as u64))
                 .expect("bounded by the buffer length");
             let (m, _, _) = self.lookup(&mut st, pos)?;
+            let mut n = n;
+            if let Mapping::Data(host) = m {
+                // Clusters that follow each other on the host too are read with one pread.
+                while done + n < buf.len() {
+                    let next = offset + (done + n) as u64;
+                    match self.lookup(&mut st, next)?.0 {
+                        Mapping::Data(h) if h == host + (next - pos + pos % cs) => {
+                            n += usize::try_from(cs.min((buf.len() - done - n) as u64))
+                                .expect("bounded by the buffer length");
+                        }
+                        _ => break,
+                    }
+                }
+            }
             self.read_mapped(m, &mut buf[done..done + n], pos)?;
             done += n;
         }
@@ -437,3 +455,5 @@ impl DiskImage for Qcow2Image {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;

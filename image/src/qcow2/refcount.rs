@@ -29,6 +29,9 @@ pub struct Refcounts {
     cache: HashMap<u64, Vec<u16>>,
     /// First cluster-aligned offset past everything in use: where the next cluster goes.
     pub end: u64,
+    /// Whether new refcount blocks and tables are synced before anything points at them (off
+    /// only for an image discarded on failure, see `Qcow2Image::set_ordered_writes`).
+    pub ordered: bool,
 }
 
 impl Refcounts {
@@ -90,6 +93,7 @@ impl Refcounts {
             block_offsets,
             cache: HashMap::new(),
             end,
+            ordered: true,
         })
     }
 
@@ -182,19 +186,39 @@ impl Refcounts {
     /// Sets the refcount of the cluster with index `cluster`, creating refcount blocks (and
     /// growing the table) as needed.
     pub fn set(&mut self, file: &File, cluster: u64, value: u16) -> Result<(), Error> {
+        self.set_run(file, cluster, 1, value)
+    }
+
+    /// Sets the refcounts of `n` clusters from index `first` to `value`, with one write per
+    /// refcount block touched.
+    pub fn set_run(&mut self, file: &File, first: u64, n: u64, value: u16) -> Result<(), Error> {
         let epb = self.epb();
-        let ti = usize::try_from(cluster / epb).map_err(|_| Error::HostOffsetOverflow)?;
-        if ti >= self.table.len() {
-            self.grow_table(file, ti)?;
+        let end = first.checked_add(n).ok_or(Error::HostOffsetOverflow)?;
+        let mut c = first;
+        while c < end {
+            let ti = usize::try_from(c / epb).map_err(|_| Error::HostOffsetOverflow)?;
+            if ti >= self.table.len() {
+                self.grow_table(file, ti)?;
+            }
+            if self.table[ti] & OFFSET_MASK == 0 {
+                self.new_block(file, ti)?;
+            }
+            let off = self.table[ti] & OFFSET_MASK;
+            let idx = c % epb;
+            let m = (epb - idx).min(end - c);
+            let raw: Vec<u8> = std::iter::repeat_n(
+                value.to_be_bytes(),
+                usize::try_from(m).expect("below the block size"),
+            )
+            .flatten()
+            .collect();
+            file.write_all_at(&raw, off + idx * 2)
+                .map_err(Error::Write)?;
+            let i = usize::try_from(idx).expect("below the block size");
+            let m = usize::try_from(m).expect("below the block size");
+            self.block(file, off)?[i..i + m].fill(value);
+            c += m as u64;
         }
-        if self.table[ti] & OFFSET_MASK == 0 {
-            self.new_block(file, ti)?;
-        }
-        let off = self.table[ti] & OFFSET_MASK;
-        let idx = cluster % epb;
-        file.write_all_at(&value.to_be_bytes(), off + idx * 2)
-            .map_err(Error::Write)?;
-        self.block(file, off)?[usize::try_from(idx).expect("below the block size")] = value;
         Ok(())
     }
 
@@ -228,10 +252,15 @@ impl Refcounts {
     /// Allocates `n` contiguous clusters with refcount 1 and returns the offset of the first.
     pub fn alloc_contiguous(&mut self, file: &File, n: u64) -> Result<u64, Error> {
         let off = self.take(n)?;
-        for i in 0..n {
-            self.set(file, (off >> self.cluster_bits) + i, 1)?;
-        }
+        self.set_run(file, off >> self.cluster_bits, n, 1)?;
         Ok(off)
+    }
+
+    fn sync(&self, file: &File) -> Result<(), Error> {
+        if self.ordered {
+            file.sync_data().map_err(Error::Flush)?;
+        }
+        Ok(())
     }
 
     fn write_block(&self, file: &File, off: u64, blk: &[u16]) -> Result<(), Error> {
@@ -250,7 +279,7 @@ impl Refcounts {
             self.set(file, cluster, 1)?;
         }
         self.write_block(file, off, &blk)?;
-        file.sync_data().map_err(Error::Flush)?;
+        self.sync(file)?;
         file.write_all_at(&off.to_be_bytes(), self.table_offset + ti as u64 * 8)
             .map_err(Error::Write)?;
         self.table[ti] = off;
@@ -318,13 +347,13 @@ impl Refcounts {
         }
         let raw: Vec<u8> = table.iter().flat_map(|v| v.to_be_bytes()).collect();
         file.write_all_at(&raw, table_off).map_err(Error::Write)?;
-        file.sync_data().map_err(Error::Flush)?;
+        self.sync(file)?;
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&table_off.to_be_bytes());
         let clusters32 = u32::try_from(clusters).expect("bounded by MAX_REFTABLE_BYTES");
         hdr[8..].copy_from_slice(&clusters32.to_be_bytes());
         file.write_all_at(&hdr, 48).map_err(Error::Write)?;
-        file.sync_data().map_err(Error::Flush)?;
+        self.sync(file)?;
         let (old_off, old_clusters) = (self.table_offset, self.table_clusters);
         self.table = table;
         self.table_offset = table_off;

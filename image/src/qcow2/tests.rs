@@ -9,7 +9,7 @@ const CS: u64 = 0x1_0000;
 const RT: u64 = CS;
 const L1: u64 = 3 * CS;
 
-fn temp_file() -> File {
+pub(super) fn temp_file() -> File {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("ward-image-unit-{}-{n}", std::process::id()));
@@ -35,7 +35,7 @@ fn poke(f: &File, at: u64, bytes: &[u8]) {
     f.write_all_at(bytes, at).unwrap();
 }
 
-fn no_backing(_: &str) -> std::io::Result<File> {
+pub(super) fn no_backing(_: &str) -> std::io::Result<File> {
     Err(std::io::Error::other("no backing expected"))
 }
 

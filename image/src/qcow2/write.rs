@@ -8,8 +8,9 @@ use crate::Error;
 /// Table updates of one request, applied by [`Qcow2Image::commit`].
 #[derive(Debug, Default)]
 struct Pending {
-    /// (L2 table, index, entry) in tables already referenced from the L1 table.
-    l2_updates: Vec<(u64, usize, u64)>,
+    /// (L2 table, index) of entries changed in tables already referenced from the L1 table;
+    /// the new values are in the cached tables.
+    l2_updates: Vec<(u64, usize)>,
     /// (L1 index, offset) of new L2 tables, written in full.
     new_l2: Vec<(usize, u64)>,
     /// Host clusters whose reference was dropped.
@@ -74,7 +75,7 @@ impl Qcow2Image {
     ) -> Result<(), Error> {
         self.l2_table(st, l2_off)?[idx] = e;
         if !p.new_l2.iter().any(|&(_, o)| o == l2_off) {
-            p.l2_updates.push((l2_off, idx, e));
+            p.l2_updates.push((l2_off, idx));
         }
         Ok(())
     }
@@ -95,10 +96,30 @@ impl Qcow2Image {
         if self.ordered_writes() {
             self.file.sync_data().map_err(Error::Flush)?;
         }
-        for &(l2_off, idx, e) in &p.l2_updates {
-            let at = l2_off + idx as u64 * 8;
+        // Entries next to each other in one table go out in one write, from the table in
+        // memory (which holds the latest value of each).
+        let mut updates = p.l2_updates;
+        updates.sort_unstable();
+        updates.dedup();
+        let mut i = 0;
+        while i < updates.len() {
+            let (l2_off, first) = updates[i];
+            let mut last = first;
+            while updates
+                .get(i + 1)
+                .is_some_and(|&(t, j)| t == l2_off && j == last + 1)
+            {
+                last += 1;
+                i += 1;
+            }
+            i += 1;
+            let table = self.l2_table(st, l2_off)?;
+            let raw: Vec<u8> = table[first..=last]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect();
             self.file
-                .write_all_at(&e.to_be_bytes(), at)
+                .write_all_at(&raw, l2_off + first as u64 * 8)
                 .map_err(Error::Write)?;
         }
         for &(l1_idx, off) in &p.new_l2 {
@@ -131,6 +152,27 @@ impl Qcow2Image {
             || st.refcounts.as_ref().is_some_and(|rc| rc.is_metadata(host))
     }
 
+    /// The host cluster of entry `e` (mapped as `m`) if it can be written in place: data owned
+    /// by the active layer alone.
+    fn in_place(&self, st: &mut State, m: Mapping, e: u64) -> Result<Option<u64>, Error> {
+        let Mapping::Data(host) = m else {
+            return Ok(None);
+        };
+        let cb = self.header.cluster_bits;
+        let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
+        if e & COPIED == 0 && rc.get(&self.file, host >> cb)? != 1 {
+            return Ok(None);
+        }
+        if self.is_metadata(st, host) {
+            return Err(Error::Overlap {
+                what: "data cluster",
+                offset: host,
+                other: "metadata",
+            });
+        }
+        Ok(Some(host))
+    }
+
     pub(super) fn write_locked(
         &self,
         st: &mut State,
@@ -139,6 +181,7 @@ impl Qcow2Image {
     ) -> Result<(), Error> {
         let h = &self.header;
         let cs = h.cluster_size();
+        let cs_usize = usize::try_from(cs).expect("cluster fits usize");
         let mut p = Pending::default();
         let mut done = 0usize;
         while done < buf.len() {
@@ -146,45 +189,62 @@ impl Qcow2Image {
             let in_cluster = pos % cs;
             let n = usize::try_from((cs - in_cluster).min((buf.len() - done) as u64))
                 .expect("bounded by the buffer length");
-            let chunk = &buf[done..done + n];
-            done += n;
             let l1_idx =
                 usize::try_from(pos / h.l1_coverage()).map_err(|_| Error::HostOffsetOverflow)?;
             let l2_off = self.l2_for_write(st, l1_idx, &mut p)?;
             let (m, _, l2_idx) = self.lookup(st, pos)?;
             let e = self.l2_table(st, l2_off)?[l2_idx];
-            if let Mapping::Data(host) = m {
-                let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
-                if e & COPIED != 0 || rc.get(&self.file, host >> h.cluster_bits)? == 1 {
-                    if self.is_metadata(st, host) {
-                        let other = "metadata";
-                        return Err(Error::Overlap {
-                            what: "data cluster",
-                            offset: host,
-                            other,
-                        });
+            if let Some(host) = self.in_place(st, m, e)? {
+                self.file
+                    .write_all_at(&buf[done..done + n], host + in_cluster)
+                    .map_err(Error::Write)?;
+                done += n;
+                continue;
+            }
+            if n == cs_usize {
+                // Whole clusters that all need a new home: allocated together and written
+                // with one pwrite, their L2 entries updated together at commit.
+                let room = (buf.len() - done) / cs_usize;
+                let table_left = usize::try_from(h.l2_entries()).expect("at most 2^18") - l2_idx;
+                let mut k = 1;
+                while k < room.min(table_left) {
+                    let e = self.l2_table(st, l2_off)?[l2_idx + k];
+                    let m = self.classify(e, st.file_len)?;
+                    if self.in_place(st, m, e)?.is_some() {
+                        break;
                     }
-                    self.file
-                        .write_all_at(chunk, host + in_cluster)
-                        .map_err(Error::Write)?;
-                    continue;
+                    k += 1;
                 }
+                let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
+                let host = rc.alloc_contiguous(&self.file, k as u64)?;
+                self.file
+                    .write_all_at(&buf[done..done + k * cs_usize], host)
+                    .map_err(Error::Write)?;
+                st.file_len = st.file_len.max(host + k as u64 * cs);
+                for i in 0..k {
+                    let e = self.l2_table(st, l2_off)?[l2_idx + i];
+                    let m = self.classify(e, st.file_len)?;
+                    self.drop_old(m, e, &mut p.frees);
+                    let new = (host + i as u64 * cs) | COPIED;
+                    self.set_l2(st, l2_off, l2_idx + i, new, &mut p)?;
+                }
+                done += k * cs_usize;
+                continue;
             }
-            // Copy-on-write into a new cluster.
-            let mut data = vec![0u8; usize::try_from(cs).expect("cluster fits usize")];
+            // Part of a cluster: copy-on-write into a new one.
+            let mut data = vec![0u8; cs_usize];
             let cluster_start = pos - in_cluster;
-            if n as u64 != cs {
-                let len = usize::try_from((h.size - cluster_start).min(cs)).expect("<= cs");
-                self.read_mapped(m, &mut data[..len], cluster_start)?;
-            }
+            let len = usize::try_from((h.size - cluster_start).min(cs)).expect("<= cs");
+            self.read_mapped(m, &mut data[..len], cluster_start)?;
             let start = usize::try_from(in_cluster).expect("below the cluster size");
-            data[start..start + n].copy_from_slice(chunk);
+            data[start..start + n].copy_from_slice(&buf[done..done + n]);
             let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
             let host = rc.alloc(&self.file)?;
             self.file.write_all_at(&data, host).map_err(Error::Write)?;
             st.file_len = st.file_len.max(host + cs);
             self.drop_old(m, e, &mut p.frees);
             self.set_l2(st, l2_off, l2_idx, host | COPIED, &mut p)?;
+            done += n;
         }
         self.commit(st, p)
     }

@@ -1,0 +1,328 @@
+//! `convert`: copies what may hold data from one image into a new one, in three threads.
+//!
+//! The readers walk the source's data ranges (a qcow2 map, or SEEK_DATA/SEEK_HOLE on a raw
+//! file: holes are never read), read them in chunks and find the pieces that are not all
+//! zeros; the writer writes only those pieces, in order, into the new image, which reads zeros
+//! elsewhere. Two readers and a few buffers circulate, so reading the next chunks overlaps
+//! writing the last one. The output is a temporary file renamed into place only when
+//! everything (with `-t writeback`, its sync too) succeeded.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use anyhow::Context;
+use ward_image::qcow2::MapKind;
+use ward_image::{DiskImage, Format, Qcow2CreateOptions, Qcow2Image};
+
+use crate::commands::{cluster_bits, detect, format_arg, open_file, resolver_for, Temp};
+
+/// Bytes read per step.
+const CHUNK: u64 = 2 << 20;
+/// Reader threads (reading and zero-scanning cost about as much as writing).
+const READERS: usize = 2;
+/// Buffers in flight between the readers and the writer.
+const BUFFERS: usize = 4;
+
+pub struct ConvertArgs<'a> {
+    pub input: &'a Path,
+    pub format: Option<&'a str>,
+    pub output: &'a Path,
+    pub out_format: &'a str,
+    pub options: Option<&'a str>,
+    pub progress: bool,
+    /// Sync the output before renaming it into place (`-t writeback`); the default `-t
+    /// unsafe` skips it, as qemu-img's convert does by default.
+    pub sync: bool,
+}
+
+/// One chunk read from the source: where it starts, its bytes, and the (start, len) pieces
+/// within it that are not all zeros.
+struct Chunk {
+    off: u64,
+    len: usize,
+    buf: Vec<u8>,
+    pieces: Vec<(usize, usize)>,
+}
+
+pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
+    let out_format = format_arg(Some(a.out_format))?.context("an output format is required")?;
+    let (f, fmt) = detect(a.input, a.format)?;
+    let src = ward_image::open(f, Some(fmt), true, &mut resolver_for(a.input))?;
+    let size = src.virtual_size();
+    let (tmp, out) = Temp::new(a.output)?;
+    let grain = match out_format {
+        Format::Raw => {
+            ward_image::create_raw(&out, size)?;
+            4096
+        }
+        Format::Qcow2 => {
+            let mut opts = Qcow2CreateOptions::new(size);
+            opts.cluster_bits = cluster_bits(a.options)?;
+            ward_image::create_qcow2(&out, &opts)?;
+            // A qcow2 cluster is allocated whole: zeros are worth skipping per cluster.
+            1usize << opts.cluster_bits
+        }
+    };
+    let mut no_backing = |n: &str| -> std::io::Result<File> {
+        Err(std::io::Error::other(format!(
+            "unexpected backing file {n}"
+        )))
+    };
+    // The output is a new file nobody sees until the rename: its writes need not be ordered
+    // for crash safety (a failure deletes it), only flushed once at the end.
+    let dst: Box<dyn DiskImage> = match out_format {
+        Format::Qcow2 => {
+            let q = Qcow2Image::open(out.try_clone()?, false, &mut no_backing)?;
+            q.set_ordered_writes(false);
+            Box::new(q)
+        }
+        Format::Raw => {
+            ward_image::open(out.try_clone()?, Some(out_format), false, &mut no_backing)?
+        }
+    };
+    let ranges = data_ranges(a.input, fmt, size)?;
+    let total: u64 = ranges.iter().map(|(_, len)| len).sum();
+
+    let chunks = split_chunks(&ranges);
+    let next = AtomicUsize::new(0);
+    let (full_tx, full_rx) = mpsc::sync_channel::<(usize, Chunk)>(BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        empty_tx
+            .send(vec![0u8; CHUNK as usize])
+            .expect("the receiver is here");
+    }
+    let empty_rx = Mutex::new(empty_rx);
+    let src = &*src;
+    let result = std::thread::scope(|s| -> anyhow::Result<()> {
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                let full_tx = full_tx.clone();
+                let (chunks, next, empty_rx) = (&chunks, &next, &empty_rx);
+                s.spawn(move || -> anyhow::Result<()> {
+                    loop {
+                        // The buffer first, then the index: whoever holds the chunk the writer
+                        // waits for can always fill it.
+                        let buf = empty_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(mut buf) = buf else {
+                            return Ok(()); // the writer stopped; it reports why
+                        };
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(off, n)) = chunks.get(i) else {
+                            return Ok(());
+                        };
+                        src.read_at(&mut buf[..n], off)
+                            .with_context(|| format!("cannot read the source at {off}"))?;
+                        let pieces = nonzero_pieces(&buf[..n], off, grain);
+                        let chunk = Chunk {
+                            off,
+                            len: n,
+                            buf,
+                            pieces,
+                        };
+                        if full_tx.send((i, chunk)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(full_tx);
+        let written = write_chunks(&*dst, &full_rx, &empty_tx, total, a.progress);
+        drop(full_rx);
+        drop(empty_tx);
+        let mut read = Ok(());
+        for r in readers {
+            let r = r.join().expect("a reader does not panic");
+            read = read.and(r);
+        }
+        // A read error makes the writer see the end early: report the read error first.
+        read.and(written)
+    });
+    result?;
+    if a.sync {
+        dst.flush()?;
+    }
+    drop(dst);
+    if a.sync {
+        out.sync_all()?;
+    }
+    tmp.commit()?;
+    if a.progress {
+        eprintln!();
+    }
+    Ok(0)
+}
+
+/// Splits `ranges` into chunks that end on multiples of CHUNK, so output clusters are
+/// written whole.
+fn split_chunks(ranges: &[(u64, u64)]) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut off = start;
+        while off < end {
+            let next = ((off / CHUNK + 1) * CHUNK).min(end);
+            out.push((off, usize::try_from(next - off).expect("at most CHUNK")));
+            off = next;
+        }
+    }
+    out
+}
+
+/// Writes the chunks in their order (readers finish them out of order), so a new qcow2
+/// image's clusters follow the guest's order on the host.
+fn write_chunks(
+    dst: &dyn DiskImage,
+    full: &mpsc::Receiver<(usize, Chunk)>,
+    empty: &mpsc::SyncSender<Vec<u8>>,
+    total: u64,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let mut copied = 0u64;
+    let mut last_pct = u64::MAX;
+    let mut waiting = BTreeMap::new();
+    let mut expected = 0usize;
+    while let Ok((i, c)) = full.recv() {
+        waiting.insert(i, c);
+        while let Some(c) = waiting.remove(&expected) {
+            expected += 1;
+            for &(start, len) in &c.pieces {
+                let at = c.off + start as u64;
+                dst.write_at(&c.buf[start..start + len], at)
+                    .with_context(|| format!("cannot write the output at {at}"))?;
+            }
+            copied += c.len as u64;
+            let _ = empty.send(c.buf);
+            if progress {
+                let pct = copied * 100 / total.max(1);
+                if pct != last_pct {
+                    eprint!("\r    ({pct}.00/100%)");
+                    let _ = std::io::stderr().flush();
+                    last_pct = pct;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `b` is all zeros. Folding 256 bytes at a time lets the compiler use vector ORs,
+/// where `iter().all()` would test byte by byte.
+fn is_zero(b: &[u8]) -> bool {
+    let mut blocks = b.chunks_exact(256);
+    for blk in &mut blocks {
+        if blk.iter().fold(0u8, |acc, &x| acc | x) != 0 {
+            return false;
+        }
+    }
+    blocks.remainder().iter().all(|&x| x == 0)
+}
+
+/// The pieces of `buf` (which starts at image offset `off`) that are not all zeros, checked
+/// per `grain`-aligned (in the image) piece, with neighbours merged.
+fn nonzero_pieces(buf: &[u8], off: u64, grain: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0usize;
+    while i < buf.len() {
+        let in_grain =
+            usize::try_from(off.wrapping_add(i as u64) % grain as u64).expect("below the grain");
+        let n = (grain - in_grain).min(buf.len() - i);
+        if !is_zero(&buf[i..i + n]) {
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == i => *l += n,
+                _ => out.push((i, n)),
+            }
+        }
+        i += n;
+    }
+    out
+}
+
+/// The ranges of `path` that may hold data, merged and in order.
+fn data_ranges(path: &Path, fmt: Format, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+    if fmt == Format::Qcow2 {
+        let img = Qcow2Image::open(open_file(path, false)?, true, &mut resolver_for(path))?;
+        if img.header().backing_file.is_none() {
+            let mut out: Vec<(u64, u64)> = Vec::new();
+            for e in img.map()? {
+                if matches!(e.kind, MapKind::Data | MapKind::Compressed) {
+                    match out.last_mut() {
+                        Some((s, l)) if *s + *l == e.start => *l += e.length,
+                        _ => out.push((e.start, e.length)),
+                    }
+                }
+            }
+            return Ok(out);
+        }
+    }
+    if fmt == Format::Raw {
+        return Ok(raw_data_ranges(&open_file(path, false)?, size));
+    }
+    Ok(vec![(0, size)])
+}
+
+/// A raw file's data ranges by SEEK_DATA/SEEK_HOLE (holes read as zeros); the whole file when
+/// the file system cannot tell.
+fn raw_data_ranges(f: &File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let end = i64::try_from(size).unwrap_or(i64::MAX);
+    while pos < end {
+        let Ok(data) = lseek(f.as_raw_fd(), pos, Whence::SeekData) else {
+            // ENXIO: no data after pos; anything else: the file system can't say.
+            if nix::errno::Errno::last() == nix::errno::Errno::ENXIO {
+                break;
+            }
+            return vec![(0, size)];
+        };
+        let hole = lseek(f.as_raw_fd(), data, Whence::SeekHole)
+            .unwrap_or(end)
+            .min(end);
+        if hole > data {
+            out.push((data as u64, (hole - data) as u64));
+        }
+        pos = hole;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection_at_every_position() {
+        for len in [0usize, 1, 255, 256, 257, 4096, 70_000] {
+            let mut b = vec![0u8; len];
+            assert!(is_zero(&b));
+            for i in [0, len / 2, len.saturating_sub(1)] {
+                if i < len {
+                    b[i] = 1;
+                    assert!(!is_zero(&b), "byte {i} of {len}");
+                    b[i] = 0;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_follow_image_grains_and_merge() {
+        // The buffer starts 1 KiB into a 4 KiB grain: its first piece is 3 KiB long.
+        let mut b = vec![0u8; 3072 + 4096 * 3];
+        b[10] = 1; // first (partial) grain
+        b[3072 + 4096 + 5] = 1; // third grain
+        b[3072 + 8192 + 4095] = 1; // fourth grain, last byte: merges with the third
+        assert_eq!(
+            nonzero_pieces(&b, 1024, 4096),
+            vec![(0, 3072), (3072 + 4096, 8192)]
+        );
+        assert!(nonzero_pieces(&vec![0u8; 8192], 0, 4096).is_empty());
+    }
+}

@@ -82,10 +82,10 @@ pub enum Error {
     SnapshotExists(String),
     #[error("No snapshot with id or name {0:?}")]
     NoSuchSnapshot(String),
-    #[error("Image is marked dirty; repair it with `qemu-img check -r all` before writing")]
-    Dirty,
     #[error("Image is marked corrupt and can only be opened read-only")]
     MarkedCorrupt,
+    #[error("Image was left dirty (lazy refcounts) and {0} corruptions remain after rebuilding its refcounts; it can only be opened read-only")]
+    DirtyRepairFailed(u64),
     #[error("Refcount of cluster {cluster:#x} overflows")]
     RefcountOverflow { cluster: u64 },
     #[error("Refcount of cluster {cluster:#x} is already zero")]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use ward_image::qcow2::MapKind;
+use ward_image::qcow2::{MapKind, Repair};
 use ward_image::{Format, Qcow2CreateOptions, Qcow2Image};
 
 use crate::size;
@@ -52,9 +52,11 @@ pub(crate) fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File,
     Ok((f, fmt))
 }
 
-/// Parses `-o key=value,...`; only `cluster_size` is known.
-pub(crate) fn cluster_bits(options: Option<&str>) -> anyhow::Result<u32> {
-    let mut bits = 16;
+/// Applies `-o key=value,...` (cluster_size, lazy_refcounts) to new-image options.
+pub(crate) fn apply_options(
+    options: Option<&str>,
+    opts: &mut Qcow2CreateOptions,
+) -> anyhow::Result<()> {
     for opt in options.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
         match opt.split_once('=') {
             Some(("cluster_size", v)) => {
@@ -62,12 +64,19 @@ pub(crate) fn cluster_bits(options: Option<&str>) -> anyhow::Result<u32> {
                 if !n.is_power_of_two() {
                     bail!("cluster_size {n} is not a power of two");
                 }
-                bits = n.trailing_zeros();
+                opts.cluster_bits = n.trailing_zeros();
             }
-            _ => bail!("unknown option {opt:?} (known: cluster_size)"),
+            Some(("lazy_refcounts", v)) => {
+                opts.lazy_refcounts = match v {
+                    "on" | "true" => true,
+                    "off" | "false" => false,
+                    _ => bail!("lazy_refcounts must be on or off, not {v:?}"),
+                }
+            }
+            _ => bail!("unknown option {opt:?} (known: cluster_size, lazy_refcounts)"),
         }
     }
-    Ok(bits)
+    Ok(())
 }
 
 /// A temporary file beside `dest`, renamed over it by [`Temp::commit`], removed otherwise.
@@ -150,7 +159,7 @@ pub fn create(a: CreateArgs<'_>) -> anyhow::Result<u8> {
         }
         Format::Qcow2 => {
             let mut opts = Qcow2CreateOptions::new(size);
-            opts.cluster_bits = cluster_bits(a.options)?;
+            apply_options(a.options, &mut opts)?;
             opts.backing_file = a.backing.map(str::to_string);
             opts.backing_format = backing_format;
             ward_image::create_qcow2(&f, &opts)?;
@@ -194,14 +203,19 @@ pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u
             v["cluster-size"] = json!(img.cluster_size());
             v["dirty-flag"] = json!(dirty);
             let compat = if h.version >= 3 { "1.1" } else { "0.10" };
-            v["format-specific"] = json!({
-                "type": "qcow2",
-                "data": {
-                    "compat": compat,
-                    "refcount-bits": 1u64 << h.refcount_order,
-                    "corrupt": h.incompatible_features & 2 != 0,
-                }
+            let lazy = h.compatible_features & 1 != 0;
+            let corrupt = h.incompatible_features & 2 != 0;
+            let mut data = json!({
+                "compat": compat,
+                "compression-type": "zlib",
+                "refcount-bits": 1u64 << h.refcount_order,
             });
+            if h.version >= 3 {
+                data["lazy-refcounts"] = json!(lazy);
+                data["corrupt"] = json!(corrupt);
+                data["extended-l2"] = json!(false);
+            }
+            v["format-specific"] = json!({ "type": "qcow2", "data": data });
             extra.push(format!("cluster_size: {}", img.cluster_size()));
             if let Some(b) = &h.backing_file {
                 v["backing-filename"] = json!(b);
@@ -214,8 +228,19 @@ pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u
             }
             extra.push("Format specific information:".into());
             extra.push(format!("    compat: {compat}"));
+            extra.push("    compression type: zlib".into());
+            if h.version >= 3 {
+                extra.push(format!("    lazy refcounts: {lazy}"));
+            }
             extra.push(format!("    refcount bits: {}", 1u64 << h.refcount_order));
-            extra.push(format!("    dirty: {dirty}"));
+            if h.version >= 3 {
+                extra.push(format!("    corrupt: {corrupt}"));
+                extra.push("    extended l2: false".into());
+            }
+            if dirty {
+                // qemu-img shows this only in JSON; said here so a human sees it too.
+                extra.push("    dirty: true (repaired when next opened for writing)".into());
+            }
         }
     }
     v["virtual-size"] = json!(virtual_size);
@@ -233,23 +258,26 @@ pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u
     Ok(0)
 }
 
-pub fn check(path: &Path, format: Option<&str>, repair: bool) -> anyhow::Result<u8> {
+pub fn check(path: &Path, format: Option<&str>, repair: Option<Repair>) -> anyhow::Result<u8> {
     let (f, fmt) = detect(path, format)?;
     if fmt != Format::Qcow2 {
         eprintln!("ward-img: This image format does not support checks");
         return Ok(63);
     }
-    let f = if repair { open_file(path, true)? } else { f };
-    let img = Qcow2Image::open(f, !repair, &mut resolver_for(path))?;
-    if repair {
-        let fixed = img.repair_leaks()?;
-        if fixed.leaks_fixed > 0 {
-            println!("The following inconsistencies were found and repaired:\n");
-            println!("    {} leaked clusters", fixed.leaks_fixed);
-            println!("    0 corruptions\n");
-            println!("Double checking the fixed image now...");
+    let img = match repair {
+        None => Qcow2Image::open(f, true, &mut resolver_for(path))?,
+        Some(mode) => {
+            let f = open_file(path, true)?;
+            let (img, fixed) = Qcow2Image::open_for_repair(f, mode, &mut resolver_for(path))?;
+            if fixed.leaks_fixed + fixed.corruptions_fixed > 0 {
+                println!("The following inconsistencies were found and repaired:\n");
+                println!("    {} leaked clusters", fixed.leaks_fixed);
+                println!("    {} corruptions\n", fixed.corruptions_fixed);
+                println!("Double checking the fixed image now...");
+            }
+            img
         }
-    }
+    };
     let r = img.check()?;
     for m in &r.messages {
         println!("{m}");

@@ -18,7 +18,7 @@ use anyhow::Context;
 use ward_image::qcow2::MapKind;
 use ward_image::{DiskImage, Format, Qcow2CreateOptions, Qcow2Image};
 
-use crate::commands::{cluster_bits, detect, format_arg, open_file, resolver_for, Temp};
+use crate::commands::{apply_options, detect, format_arg, open_file, resolver_for, Temp};
 
 /// Bytes read per step.
 const CHUNK: u64 = 2 << 20;
@@ -61,7 +61,7 @@ pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
         }
         Format::Qcow2 => {
             let mut opts = Qcow2CreateOptions::new(size);
-            opts.cluster_bits = cluster_bits(a.options)?;
+            apply_options(a.options, &mut opts)?;
             ward_image::create_qcow2(&out, &opts)?;
             // A qcow2 cluster is allocated whole: zeros are worth skipping per cluster.
             1usize << opts.cluster_bits

@@ -1,4 +1,4 @@
-//! `ward-img`: create, inspect, check (and repair leaks), map, convert, resize and snapshot disk
+//! `ward-img`: create, inspect, check (and repair), map, convert, resize and snapshot disk
 //! images, with qemu-img's command names, options and output where they mean the same. Errors go
 //! to stderr with a non-zero exit; a command that makes a new file writes a temporary file and
 //! renames it, so a failure leaves nothing half-written.
@@ -55,8 +55,9 @@ enum Cmd {
     Check {
         #[arg(short = 'f')]
         format: Option<String>,
-        /// Repair: `leaks` (lower refcounts to the references) or `all` (the same; other
-        /// errors are reported, not repaired).
+        /// Repair: `leaks` (lower refcounts to the references) or `all` (also raise
+        /// refcounts below the references, give clusters reached twice a copy each, drop
+        /// entries pointing outside the file, fix COPIED flags).
         #[arg(short = 'r', value_parser = ["leaks", "all"])]
         repair: Option<String>,
         file: PathBuf,
@@ -150,7 +151,17 @@ fn main() -> ExitCode {
             format,
             repair,
             file,
-        } => commands::check(&file, format.as_deref(), repair.is_some()),
+        } => commands::check(
+            &file,
+            format.as_deref(),
+            repair.map(|r| {
+                if r == "all" {
+                    ward_image::qcow2::Repair::All
+                } else {
+                    ward_image::qcow2::Repair::Leaks
+                }
+            }),
+        ),
         Cmd::Map {
             format,
             output,

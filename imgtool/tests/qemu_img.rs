@@ -2,64 +2,9 @@
 //! `qemu-img info` agrees on them; images qemu-img makes (plain, compressed, with a backing
 //! file, several cluster sizes) convert to the same raw bytes as `qemu-img convert` gives.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok()
-        && Command::new("qemu-io").arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("\n*** SKIPPED: qemu-img/qemu-io are not installed ***\n");
-    }
-    ok
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("ward-img-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-    fn p(&self, n: &str) -> PathBuf {
-        self.0.join(n)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(cmd: &str, args: &[&str], dir: &Path) -> (i32, String) {
-    let o = Command::new(cmd)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().unwrap_or(-1), text)
-}
-
-fn ward_img(args: &[&str], dir: &Path) -> (i32, String) {
-    run(env!("CARGO_BIN_EXE_ward-img"), args, dir)
-}
-
-fn ok(r: (i32, String)) -> String {
-    assert_eq!(r.0, 0, "{}", r.1);
-    r.1
-}
-
-fn qemu_info(file: &str, dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(run("qemu-img", &["info", "--output=json", file], dir))).unwrap()
-}
+use common::*;
 
 #[test]
 fn created_images_pass_qemu_img_check_and_info_agrees() {
@@ -370,11 +315,6 @@ fn failures_say_why_and_leave_nothing_behind() {
     );
 }
 
-fn raw_bytes(img: &str, out: &str, dir: &Path) -> Vec<u8> {
-    ok(run("qemu-img", &["convert", "-O", "raw", img, out], dir));
-    std::fs::read(dir.join(out)).unwrap()
-}
-
 #[test]
 fn resize_grows_and_shrinks_like_qemu_img() {
     if !have_qemu() {
@@ -595,77 +535,4 @@ fn snapshots_made_by_ward_img_are_qemu_snapshots() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("No snapshot"), "{text}");
     assert!(raw_bytes("s.qcow2", "now.raw", &d.0) == second);
-}
-
-/// Sets the 16-bit refcount of cluster `c` in the first refcount block of a qcow2 image.
-fn poke_refcount(path: &Path, c: u64, v: u16) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, 48).unwrap();
-    let table = u64::from_be_bytes(b);
-    f.read_exact_at(&mut b, table).unwrap();
-    let block = u64::from_be_bytes(b);
-    f.write_all_at(&v.to_be_bytes(), block + 2 * c).unwrap();
-}
-
-#[test]
-fn check_repairs_leaks() {
-    if !have_qemu() {
-        return;
-    }
-    let d = Dir::new("repair");
-    ok(ward_img(
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4K",
-            "l.qcow2",
-            "4M",
-        ],
-        &d.0,
-    ));
-    ok(run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x51 0 64k", "l.qcow2"],
-        &d.0,
-    ));
-    let before = raw_bytes("l.qcow2", "before.raw", &d.0);
-    // Leaks: the header's refcount raised, and a cluster past the data counted but unused.
-    let img = d.p("l.qcow2");
-    poke_refcount(&img, 0, 2);
-    let len = std::fs::metadata(&img).unwrap().len();
-    let spare = len.div_ceil(4096);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len((spare + 1) * 4096)
-        .unwrap();
-    poke_refcount(&img, spare, 1);
-    let (code, text) = run("qemu-img", &["check", "l.qcow2"], &d.0);
-    assert_eq!(code, 3, "{text}");
-    assert!(text.contains("2 leaked clusters"), "{text}");
-    let (code, text) = ward_img(&["check", "l.qcow2"], &d.0);
-    assert_eq!(code, 3, "{text}");
-    let out = ok(ward_img(&["check", "-r", "leaks", "l.qcow2"], &d.0));
-    assert!(out.contains("2 leaked clusters"), "{out}");
-    assert!(out.contains("No errors were found"), "{out}");
-    ok(run("qemu-img", &["check", "l.qcow2"], &d.0));
-    assert!(raw_bytes("l.qcow2", "after.raw", &d.0) == before);
-    // Nothing to repair: the same as a plain check.
-    let out = ok(ward_img(&["check", "-r", "all", "l.qcow2"], &d.0));
-    assert!(out.starts_with("No errors were found"), "{out}");
-    // Corruption (a refcount below the references) is not "repaired" by lowering others.
-    poke_refcount(&img, 0, 0);
-    poke_refcount(&img, spare, 1);
-    let (code, text) = ward_img(&["check", "-r", "leaks", "l.qcow2"], &d.0);
-    assert_eq!(code, 1, "{text}");
-    assert!(text.contains("corruption"), "{text}");
 }

@@ -21,8 +21,10 @@ pub struct CheckReport {
     pub allocated_clusters: u64,
     /// The first problems found, described.
     pub messages: Vec<String>,
-    /// Leaked clusters whose refcount [`Qcow2Image::repair_leaks`] lowered.
+    /// Leaked clusters whose refcount a repair lowered.
     pub leaks_fixed: u64,
+    /// Corruptions a repair (`Repair::All`) mended.
+    pub corruptions_fixed: u64,
 }
 
 impl CheckReport {
@@ -61,13 +63,37 @@ pub struct MapExtent {
     pub host_offset: Option<u64>,
 }
 
+/// Where a table entry lives, for repairs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Loc {
+    /// File offset of the entry.
+    pub at: u64,
+    pub entry: u64,
+    /// An L1 entry (else L2).
+    pub l1: bool,
+}
+
 struct Walk<'a> {
     img: &'a Qcow2Image,
     file_len: u64,
     refs: HashMap<u64, u32>,
-    /// (cluster index, whether the table entry has the COPIED flag), for the active tables.
-    copied: Vec<(u64, bool, &'static str)>,
+    /// (cluster index, whether the entry has the COPIED flag, the entry), for the active
+    /// tables.
+    copied: Vec<(u64, bool, Loc)>,
+    /// Entries of the active tables that point at nothing valid.
+    bad: Vec<Loc>,
     report: CheckReport,
+}
+
+/// What a walk over every table found, with the refcounts on disk.
+pub(super) struct Walked {
+    pub refs: HashMap<u64, u32>,
+    pub copied: Vec<(u64, bool, Loc)>,
+    pub bad: Vec<Loc>,
+    pub actual: HashMap<u64, u16>,
+    pub rc: Refcounts,
+    pub file_len: u64,
+    pub report: CheckReport,
 }
 
 impl Walk<'_> {
@@ -87,30 +113,44 @@ impl Walk<'_> {
 
     fn l1(&mut self, l1_off: u64, l1_size: u32, active: bool) -> Result<(), Error> {
         let cs = self.img.cluster_size();
+        let cb = self.img.header().cluster_bits;
         let l1 = read_u64_table(&self.img.file, l1_off, u64::from(l1_size))?;
-        for e in l1 {
+        for (i, e) in l1.into_iter().enumerate() {
             let l2 = e & OFFSET_MASK;
             if l2 == 0 {
                 continue;
             }
+            let loc = Loc {
+                at: l1_off + i as u64 * 8,
+                entry: e,
+                l1: true,
+            };
             if let Err(err) = check_region("L2 table", l2, cs, cs, self.file_len) {
                 self.report.corrupt(err.to_string());
+                if active {
+                    self.bad.push(loc);
+                }
                 continue;
             }
             self.add(l2);
             if active {
-                self.copied
-                    .push((l2 >> self.img.header().cluster_bits, e & COPIED != 0, "L1"));
+                self.copied.push((l2 >> cb, e & COPIED != 0, loc));
             }
             let table = read_u64_table(&self.img.file, l2, self.img.header().l2_entries())?;
-            for e in table {
-                self.l2_entry(e, active);
+            for (j, e) in table.into_iter().enumerate() {
+                let loc = Loc {
+                    at: l2 + j as u64 * 8,
+                    entry: e,
+                    l1: false,
+                };
+                self.l2_entry(loc, active);
             }
         }
         Ok(())
     }
 
-    fn l2_entry(&mut self, e: u64, active: bool) {
+    fn l2_entry(&mut self, loc: Loc, active: bool) {
+        let e = loc.entry;
         let h = self.img.header();
         let cs = h.cluster_size();
         if e & COMPRESSED != 0 {
@@ -121,6 +161,9 @@ impl Walk<'_> {
                     ext.offset
                 );
                 self.report.corrupt(msg);
+                if active {
+                    self.bad.push(loc);
+                }
                 return;
             }
             for off in compressed::host_clusters(ext, h.cluster_bits) {
@@ -140,13 +183,16 @@ impl Walk<'_> {
             self.file_len.next_multiple_of(cs),
         ) {
             self.report.corrupt(err.to_string());
+            if active {
+                self.bad.push(loc);
+            }
             return;
         }
         self.add(host);
         // Preallocated zero clusters (ZERO flag with an offset) are references too.
         if active {
             self.copied
-                .push((host >> h.cluster_bits, e & COPIED != 0, "L2"));
+                .push((host >> h.cluster_bits, e & COPIED != 0, loc));
         }
     }
 }
@@ -155,25 +201,16 @@ impl Qcow2Image {
     /// Recounts every reference and compares with the refcounts on disk, like
     /// `qemu-img check` (16-bit refcounts only; bitmaps are not accounted for).
     pub fn check(&self) -> Result<CheckReport, Error> {
-        self.check_and_repair(false)
+        let _st = self.lock();
+        Ok(self.walk()?.report)
     }
 
-    /// Checks, then lowers every refcount that is higher than the cluster's references (leaks)
-    /// to the number of references. Each refcount is written on its own, so a crash leaves at
-    /// worst some leaks unrepaired. Refused when the check finds corruption: references it
-    /// could not follow would make live clusters look leaked.
-    pub fn repair_leaks(&self) -> Result<CheckReport, Error> {
-        if self.readonly {
-            return Err(Error::ReadOnly);
-        }
-        self.check_and_repair(true)
-    }
-
-    fn check_and_repair(&self, repair: bool) -> Result<CheckReport, Error> {
+    /// Walks every table (the caller holds the state lock) and compares the references found
+    /// with the refcounts on disk.
+    pub(super) fn walk(&self) -> Result<Walked, Error> {
         let h = self.header().clone();
         let cs = h.cluster_size();
         let file_len = self.file.metadata().map_err(Error::FileSize)?.len();
-        let mut st = self.lock();
         let mut rc = Refcounts::load(&self.file, &h, file_len)?;
         let (snapshots, table_len) = self.snapshot_table()?;
         let mut w = Walk {
@@ -181,6 +218,7 @@ impl Qcow2Image {
             file_len,
             refs: HashMap::new(),
             copied: Vec::new(),
+            bad: Vec::new(),
             report: CheckReport::default(),
         };
         w.add(0);
@@ -200,12 +238,14 @@ impl Qcow2Image {
         let Walk {
             refs,
             copied,
+            bad,
             mut report,
             ..
         } = w;
         let file_clusters = file_len.div_ceil(cs);
-        let mut fixes = Vec::new();
-        for (&c, &want) in &refs {
+        let mut sorted: Vec<(u64, u32)> = refs.iter().map(|(&c, &n)| (c, n)).collect();
+        sorted.sort_unstable();
+        for (c, want) in sorted {
             let have = u32::from(actual.get(&c).copied().unwrap_or(0));
             if c >= file_clusters {
                 report.corrupt(format!("cluster {c:#x} lies beyond the end of the file"));
@@ -213,37 +253,28 @@ impl Qcow2Image {
                 report.corrupt(format!("cluster {c:#x} refcount={have} reference={want}"));
             } else if have > want {
                 report.leaks += 1;
-                fixes.push((c, want));
             }
         }
-        for &c in actual.keys().filter(|c| !refs.contains_key(c)) {
-            report.leaks += 1;
-            fixes.push((c, 0));
-        }
-        for (c, flag, table) in copied {
-            let have = actual.get(&c).copied().unwrap_or(0);
-            if (have == 1) != flag {
+        report.leaks += actual.keys().filter(|c| !refs.contains_key(c)).count() as u64;
+        for (c, flag, loc) in &copied {
+            let have = actual.get(c).copied().unwrap_or(0);
+            if (have == 1) != *flag {
+                let table = if loc.l1 { "L1" } else { "L2" };
                 report.corrupt(format!(
                     "OFLAG_COPIED {table} cluster {c:#x}: refcount={have}"
                 ));
             }
         }
         report.allocated_clusters = refs.len() as u64;
-        if repair && !fixes.is_empty() {
-            if report.corruptions > 0 {
-                return Err(Error::RepairWithCorruption(report.corruptions));
-            }
-            fixes.sort_unstable();
-            for &(c, want) in &fixes {
-                let want = u16::try_from(want).expect("below the current refcount");
-                rc.set(&self.file, c, want)?;
-            }
-            self.file.sync_data().map_err(Error::Flush)?;
-            report.leaks_fixed = fixes.len() as u64;
-            // The image's own refcount cache is stale now.
-            st.refcounts = Some(Refcounts::load(&self.file, &h, file_len)?);
-        }
-        Ok(report)
+        Ok(Walked {
+            refs,
+            copied,
+            bad,
+            actual,
+            rc,
+            file_len,
+            report,
+        })
     }
 
     /// Lists how the guest disk maps onto this image, in merged extents.

@@ -21,6 +21,10 @@ pub struct Qcow2CreateOptions {
     pub backing_file: Option<String>,
     /// Format of the backing file, stored in the backing format header extension.
     pub backing_format: Option<Format>,
+    /// Sets the lazy_refcounts compatible feature. Ward itself always writes refcounts
+    /// eagerly (which the feature allows); other writers, like qemu, may then defer them and
+    /// leave the dirty bit, which ward repairs when it opens the image for writing.
+    pub lazy_refcounts: bool,
 }
 
 impl Qcow2CreateOptions {
@@ -30,6 +34,7 @@ impl Qcow2CreateOptions {
             cluster_bits: 16,
             backing_file: None,
             backing_format: None,
+            lazy_refcounts: false,
         }
     }
 }
@@ -103,7 +108,7 @@ pub fn create_qcow2(file: &File, opts: &Qcow2CreateOptions) -> Result<(), Error>
         nb_snapshots: 0,
         snapshots_offset: 0,
         incompatible_features: 0,
-        compatible_features: 0,
+        compatible_features: u64::from(opts.lazy_refcounts),
         autoclear_features: 0,
         refcount_order: 4,
         header_length: V3_HEADER_LEN,

@@ -31,6 +31,7 @@ mod compressed;
 pub mod create;
 pub mod header;
 mod refcount;
+mod repair;
 mod resize;
 mod snapshot;
 mod snapshot_ops;
@@ -46,6 +47,7 @@ pub use check::{CheckReport, MapExtent, MapKind};
 pub use create::{create_qcow2, Qcow2CreateOptions};
 use header::{check_region, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use refcount::Refcounts;
+pub use repair::Repair;
 pub use snapshot::Snapshot;
 
 use crate::raw::read_exact_or_zero;
@@ -123,6 +125,29 @@ impl Qcow2Image {
         resolver: &mut Resolver<'_>,
         depth: u32,
     ) -> Result<Self, Error> {
+        Self::open_inner(file, readonly, resolver, depth, false)
+    }
+
+    /// Opens an image for writing in order to repair it (`check -r`): L1 entries pointing at
+    /// nothing valid are tolerated until the repair has dropped them. Returns the image,
+    /// usable as any other if the repair left its tables valid, and the repair's report.
+    pub fn open_for_repair(
+        file: File,
+        mode: Repair,
+        resolver: &mut Resolver<'_>,
+    ) -> Result<(Self, CheckReport), Error> {
+        let img = Self::open_inner(file, false, resolver, 0, true)?;
+        let report = img.repair(mode)?;
+        Ok((img, report))
+    }
+
+    fn open_inner(
+        file: File,
+        readonly: bool,
+        resolver: &mut Resolver<'_>,
+        depth: u32,
+        lenient: bool,
+    ) -> Result<Self, Error> {
         let file_len = file.metadata().map_err(Error::FileSize)?.len();
         let mut buf = vec![
             0u8;
@@ -131,57 +156,17 @@ impl Qcow2Image {
         ];
         read_exact_or_zero(&file, &mut buf, 0)?;
         let header = Header::parse(&buf, file_len)?;
-        let cs = header.cluster_size();
-        if !readonly {
-            if header.incompatible_features & INCOMPAT_CORRUPT != 0 {
-                return Err(Error::MarkedCorrupt);
-            }
-            if header.incompatible_features & INCOMPAT_DIRTY != 0 {
-                return Err(Error::Dirty);
-            }
+        if !readonly && header.incompatible_features & INCOMPAT_CORRUPT != 0 {
+            return Err(Error::MarkedCorrupt);
         }
         let l1 = read_u64_table(&file, header.l1_table_offset, u64::from(header.l1_size))?;
-        let l1_len = u64::from(header.l1_size) * 8;
-        let rt_len = u64::from(header.refcount_table_clusters) * cs;
-        let mut l2_offsets = HashSet::new();
-        for &e in &l1 {
-            let off = e & OFFSET_MASK;
-            if off == 0 {
-                continue;
-            }
-            check_region("L2 table", off, cs, cs, file_len)?;
-            let other = if off < cs {
-                Some("header")
-            } else if off >= header.l1_table_offset && off - header.l1_table_offset < l1_len {
-                Some("L1 table")
-            } else if off >= header.refcount_table_offset
-                && off - header.refcount_table_offset < rt_len
-            {
-                Some("refcount table")
-            } else {
-                None
-            };
-            if let Some(other) = other {
-                return Err(Error::Overlap {
-                    what: "L2 table",
-                    offset: off,
-                    other,
-                });
-            }
-            l2_offsets.insert(off);
-        }
-        let refcounts = if readonly {
-            None
+        let (l2_offsets, refcounts) = if readonly {
+            (l2_offsets_of(&header, &l1, file_len, lenient)?, None)
         } else {
             let rc = Refcounts::load(&file, &header, file_len)?;
-            if let Some(&off) = l2_offsets.iter().find(|&&o| rc.is_metadata(o)) {
-                return Err(Error::Overlap {
-                    what: "L2 table",
-                    offset: off,
-                    other: "refcounts",
-                });
-            }
-            Some(rc)
+            let l2 = l2_offsets_of(&header, &l1, file_len, lenient)?;
+            check_l2_clear_of_refcounts(&l2, &rc, lenient)?;
+            (l2, Some(rc))
         };
         if !readonly && header.version == 3 && header.autoclear_features != 0 {
             // Features we don't maintain (bitmaps, raw external data) become invalid.
@@ -193,7 +178,8 @@ impl Qcow2Image {
             None => None,
             Some(name) => Some(open_backing(&header, name, resolver, depth)?),
         };
-        Ok(Qcow2Image {
+        let dirty = !readonly && header.incompatible_features & INCOMPAT_DIRTY != 0;
+        let mut img = Qcow2Image {
             file,
             header,
             readonly,
@@ -207,7 +193,11 @@ impl Qcow2Image {
                 poisoned: false,
             }),
             ordered: std::sync::atomic::AtomicBool::new(true),
-        })
+        };
+        if dirty {
+            img.repair_dirty()?;
+        }
+        Ok(img)
     }
 
     /// Drops (`false`) or restores (`true`) the syncs that order allocating writes. Without
@@ -348,6 +338,67 @@ impl Qcow2Image {
     }
 }
 
+/// The L2 tables the L1 table `l1` points at, each checked to lie inside the file and clear of
+/// the header, L1 and refcount tables; with `lenient`, entries that fail are left out instead.
+pub(super) fn l2_offsets_of(
+    header: &Header,
+    l1: &[u64],
+    file_len: u64,
+    lenient: bool,
+) -> Result<HashSet<u64>, Error> {
+    let cs = header.cluster_size();
+    let l1_len = u64::from(header.l1_size) * 8;
+    let rt_len = u64::from(header.refcount_table_clusters) * cs;
+    let mut l2_offsets = HashSet::new();
+    for &e in l1 {
+        let off = e & OFFSET_MASK;
+        if off == 0 {
+            continue;
+        }
+        let other = if off < cs {
+            Some("header")
+        } else if off >= header.l1_table_offset && off - header.l1_table_offset < l1_len {
+            Some("L1 table")
+        } else if off >= header.refcount_table_offset && off - header.refcount_table_offset < rt_len
+        {
+            Some("refcount table")
+        } else {
+            None
+        };
+        let r = check_region("L2 table", off, cs, cs, file_len).and(match other {
+            Some(other) => Err(Error::Overlap {
+                what: "L2 table",
+                offset: off,
+                other,
+            }),
+            None => Ok(()),
+        });
+        match r {
+            Ok(()) => {
+                l2_offsets.insert(off);
+            }
+            Err(_) if lenient => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(l2_offsets)
+}
+
+fn check_l2_clear_of_refcounts(
+    l2: &HashSet<u64>,
+    rc: &Refcounts,
+    lenient: bool,
+) -> Result<(), Error> {
+    match l2.iter().find(|&&o| rc.is_metadata(o)) {
+        Some(&off) if !lenient => Err(Error::Overlap {
+            what: "L2 table",
+            offset: off,
+            other: "refcounts",
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn open_backing(
     header: &Header,
     name: &str,
@@ -453,6 +504,8 @@ impl DiskImage for Qcow2Image {
     }
 }
 
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -353,26 +353,16 @@ pub enum SnapshotOp {
     Delete(String),
 }
 
-/// `YYYY-MM-DD HH:MM:SS` of a Unix time, in UTC.
-fn date_utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86400).expect("u32 seconds");
-    let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+/// `YYYY-MM-DD HH:MM:SS` of a Unix time in the local time zone (TZ, else /etc/localtime), as
+/// qemu-img prints snapshot dates.
+fn date_local(secs: u32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(secs), 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 /// One line of `qemu-img snapshot -l`, or its heading.
@@ -397,7 +387,7 @@ fn snapshot_line(s: Option<&ward_image::qcow2::Snapshot>) -> String {
         s.id,
         s.name,
         size::human(s.vm_state_size),
-        date_utc(u64::from(s.date_sec)),
+        date_local(s.date_sec),
         clock,
         icount
     )

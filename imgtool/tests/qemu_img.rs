@@ -482,6 +482,26 @@ fn snapshots_made_by_ward_img_are_qemu_snapshots() {
     let theirs = ok(run("qemu-img", &["snapshot", "-l", "s.qcow2"], &d.0));
     assert_eq!(ours, theirs);
     assert!(ours.starts_with("Snapshot list:\nID        TAG "), "{ours}");
+    // Dates are local time, as qemu-img prints them: the same in a zone far from UTC.
+    let in_zone = |cmd: &str, args: &[&str]| {
+        let o = std::process::Command::new(cmd)
+            .args(args)
+            .current_dir(&d.0)
+            .env("TZ", "JST-9")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let ours_jst = in_zone(
+        env!("CARGO_BIN_EXE_ward-img"),
+        &["snapshot", "-l", "s.qcow2"],
+    );
+    assert_eq!(
+        ours_jst,
+        in_zone("qemu-img", &["snapshot", "-l", "s.qcow2"])
+    );
+    assert_ne!(ours_jst, ours, "TZ changes the dates");
     let (code, text) = ward_img(&["snapshot", "-c", "first", "s.qcow2"], &d.0);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("already exists"), "{text}");

@@ -201,6 +201,12 @@ impl Qcow2Image {
     /// Recounts every reference and compares with the refcounts on disk, like
     /// `qemu-img check` (16-bit refcounts only; bitmaps are not accounted for).
     pub fn check(&self) -> Result<CheckReport, Error> {
+        // The walk reads the tables from the disk: updates waiting for a flush go there first
+        // (a poisoned image is checked as the disk has it).
+        match self.settle() {
+            Ok(()) | Err(Error::Poisoned) => {}
+            Err(e) => return Err(e),
+        }
         let _st = self.lock();
         Ok(self.walk()?.report)
     }

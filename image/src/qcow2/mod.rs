@@ -3,28 +3,34 @@
 //! # Write ordering (crash consistency)
 //!
 //! Refcounts are kept consistent at all times (no lazy refcounts, so the dirty bit stays
-//! clear). One guest write that needs new clusters runs in phases:
+//! clear). Table updates are written back, like a disk's write cache that FLUSH empties:
 //!
-//! 1. allocate each cluster at the end of the file, recording refcount 1 first (new refcount
-//!    blocks and a grown refcount table are written and synced before anything points at
-//!    them, see the `refcount` module); write the data cluster (copy-on-write from the old contents or
-//!    the backing file when only part of it is written) and any new L2 table in full;
-//! 2. `fdatasync`;
-//! 3. update the entries of existing L2 tables, then L1 entries of new L2 tables;
-//! 4. only if clusters were replaced (compressed, zero-flagged or shared ones): `fdatasync`,
-//!    then drop their refcounts.
+//! 1. a write that needs new clusters allocates them at the end of the file, recording
+//!    refcount 1 first (new refcount blocks and a grown refcount table are written and synced
+//!    before anything points at them, see the `refcount` module), then writes the data (whole
+//!    clusters; over zeros, only the new bytes into a never-written cluster; otherwise a
+//!    copy-on-write of the old contents or the backing file);
+//! 2. its L2/L1 updates wait in memory (tables with waiting updates are never evicted), and
+//!    reads see them;
+//! 3. at [`DiskImage::flush`] (or when many updates wait, or on drop): `fdatasync`, so data and
+//!    refcounts are durable before anything points at them;
+//! 4. new L2 tables are written in full, entries of existing tables (neighbours in one
+//!    write), then the L1 entries of new tables;
+//! 5. only if clusters were replaced (compressed, zero-flagged or shared ones): `fdatasync`,
+//!    then their refcounts are dropped; a flush ends with a final `fdatasync`.
 //!
-//! [`DiskImage::write_zeroes`] turns whole clusters into zero clusters (version 3): the L2
-//! entries are written first, and the clusters they held are freed only after an `fdatasync`.
-//!
-//! A crash anywhere leaves at worst leaked clusters (refcount without a reference), never a
-//! reference to unwritten data or to a cluster whose refcount is zero. [`DiskImage::flush`]
-//! makes phase 3 durable.
+//! [`DiskImage::write_zeroes`] turns whole clusters into zero clusters (version 3) the same
+//! way. A crash anywhere leaves at worst leaked clusters (refcount without a reference) and
+//! loses only writes not yet flushed, never a reference to unwritten data or to a cluster whose
+//! refcount is zero. Operations that read or rewrite tables on the disk (check, repair,
+//! snapshots, resize) write waiting updates out first.
 //!
 //! Clusters shared with an internal snapshot (refcount above 1, no COPIED flag) are copied
-//! before being written, L2 tables included (see `snapshot_ops`). Images with a dirty or
-//! corrupt bit, or refcounts other than 16 bits, are opened read-only only. An error in the middle of a write poisons the image: later writes
-//! are refused rather than risk writing through inconsistent in-memory tables.
+//! before being written, L2 tables included (see `snapshot_ops`). Images with the corrupt bit,
+//! or refcounts other than 16 bits, open read-only only; an image left dirty by another
+//! writer's lazy refcounts has its refcounts rebuilt when opened for writing (see `repair`).
+//! An error in the middle of a write poisons the image: later writes are refused rather than
+//! risk writing through inconsistent in-memory tables.
 
 mod check;
 mod compressed;
@@ -89,6 +95,8 @@ struct State {
     refcounts: Option<Refcounts>,
     file_len: u64,
     poisoned: bool,
+    /// Table updates waiting for the next flush (see the module documentation).
+    pending: write::Pending,
 }
 
 /// A qcow2 image, shareable between threads.
@@ -191,6 +199,7 @@ impl Qcow2Image {
                 refcounts,
                 file_len,
                 poisoned: false,
+                pending: write::Pending::default(),
             }),
             ordered: std::sync::atomic::AtomicBool::new(true),
         };
@@ -232,14 +241,33 @@ impl Qcow2Image {
         self.header.cluster_size()
     }
 
-    /// Locks the metadata state. The L2 cache is trimmed here, between requests only: during
-    /// one, it holds new tables and entries not yet on disk.
+    /// Locks the metadata state. The L2 cache is trimmed here, between requests only, and
+    /// never of tables whose updates wait for the next flush.
     fn lock(&self) -> MutexGuard<'_, State> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.l2_cache.len() >= L2_CACHE {
-            st.l2_cache.clear();
+            if st.pending.is_empty() {
+                st.l2_cache.clear();
+            } else {
+                let dirty = st.pending.dirty_tables();
+                st.l2_cache.retain(|off, _| dirty.contains(off));
+            }
         }
         st
+    }
+
+    /// Writes out the table updates waiting for the next flush, without the final sync: for
+    /// operations that read the tables from the disk or rewrite them.
+    pub(super) fn settle(&self) -> Result<(), Error> {
+        if self.readonly {
+            return Ok(());
+        }
+        let mut st = self.lock();
+        if st.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let r = self.flush_metadata(&mut st);
+        self.poison_on_error(&mut st, r)
     }
 
     fn l2_table<'a>(&self, st: &'a mut State, off: u64) -> Result<&'a mut Vec<u64>, Error> {
@@ -328,6 +356,7 @@ impl Qcow2Image {
     fn poison_on_error(&self, st: &mut State, r: Result<(), Error>) -> Result<(), Error> {
         if r.is_err() {
             st.poisoned = true;
+            st.pending = write::Pending::default();
             st.l2_cache.clear();
             let h = &self.header;
             if let Ok(l1) = read_u64_table(&self.file, h.l1_table_offset, u64::from(h.l1_size)) {
@@ -495,7 +524,12 @@ impl DiskImage for Qcow2Image {
         if self.readonly {
             return Ok(());
         }
-        let _st = self.lock();
+        let mut st = self.lock();
+        if st.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let r = self.flush_metadata(&mut st);
+        self.poison_on_error(&mut st, r)?;
         self.file.sync_data().map_err(Error::Flush)
     }
 
@@ -506,6 +540,20 @@ impl DiskImage for Qcow2Image {
 
 #[cfg(test)]
 mod repair_tests;
+impl Drop for Qcow2Image {
+    /// Table updates still waiting are written (in the crash-safe order) so that what was
+    /// written is not lost to leaks; not synced: call [`DiskImage::flush`] for that.
+    fn drop(&mut self) {
+        if self.readonly {
+            return;
+        }
+        let mut st = self.lock();
+        if !st.poisoned {
+            let _ = self.flush_metadata(&mut st);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

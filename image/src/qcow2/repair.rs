@@ -50,6 +50,7 @@ impl Qcow2Image {
         if self.readonly {
             return Err(Error::ReadOnly);
         }
+        self.settle()?;
         let mut st = self.lock();
         let first = self.walk()?;
         let mut report = first.report.clone();

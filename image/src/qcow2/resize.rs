@@ -28,6 +28,7 @@ impl Qcow2Image {
         if self.readonly {
             return Err(Error::ReadOnly);
         }
+        self.settle()?;
         if self.header.nb_snapshots > 0 {
             // As qemu: a snapshot's disk size and L1 table would no longer match the image.
             return Err(Error::ResizeWithSnapshots);
@@ -58,7 +59,7 @@ impl Qcow2Image {
             let tail_end = new_size.next_multiple_of(cs).min(old_size);
             if tail_end > new_size && self.tail_needs_zeroing(new_size)? {
                 self.write_zeroes(new_size, tail_end - new_size)?;
-                self.file.sync_data().map_err(Error::Flush)?;
+                self.flush()?;
             }
             return self.write_size(new_size);
         }
@@ -71,7 +72,7 @@ impl Qcow2Image {
         let zero_end = self.exposed_end(old_size, new_size)?;
         if zero_end > old_size {
             self.write_zeroes(old_size, zero_end - old_size)?;
-            self.file.sync_data().map_err(Error::Flush)?;
+            self.flush()?;
         }
         self.write_size(new_size)
     }

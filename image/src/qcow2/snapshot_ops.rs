@@ -23,14 +23,13 @@ use crate::Error;
 const NB_SNAPSHOTS_AT: u64 = 60;
 
 impl Qcow2Image {
+    /// The file's length, once updates waiting for a flush are on the disk (snapshot
+    /// operations read and rewrite tables there). Fails on a read-only or poisoned image.
     fn writable_len(&self) -> Result<u64, Error> {
         if self.readonly {
             return Err(Error::ReadOnly);
         }
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.poisoned {
-            return Err(Error::Poisoned);
-        }
+        self.settle()?;
         self.file
             .metadata()
             .map_err(Error::FileSize)

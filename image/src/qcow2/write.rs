@@ -1,13 +1,20 @@
 //! The qcow2 write paths (data and zeroes), in the order the module documentation gives.
 
+use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 
 use super::{compressed, Mapping, Qcow2Image, State, COPIED, OFFSET_MASK, ZERO};
 use crate::Error;
 
-/// Table updates of one request, applied by [`Qcow2Image::commit`].
+/// Dirty L2 tables held in memory before their updates are written out anyway.
+const MAX_DIRTY_TABLES: usize = 16;
+/// Entries changed, or clusters to free, before the updates are written out anyway.
+const MAX_PENDING: usize = 8192;
+
+/// Table updates not on disk yet: one request's (see [`Qcow2Image::record`]), then all
+/// requests' since the last [`Qcow2Image::flush_metadata`].
 #[derive(Debug, Default)]
-struct Pending {
+pub(super) struct Pending {
     /// (L2 table, index) of entries changed in tables already referenced from the L1 table;
     /// the new values are in the cached tables.
     l2_updates: Vec<(u64, usize)>,
@@ -15,6 +22,27 @@ struct Pending {
     new_l2: Vec<(usize, u64)>,
     /// Host clusters whose reference was dropped.
     frees: Vec<u64>,
+}
+
+impl Pending {
+    pub(super) fn is_empty(&self) -> bool {
+        self.l2_updates.is_empty() && self.new_l2.is_empty() && self.frees.is_empty()
+    }
+
+    /// L2 tables whose in-memory contents are ahead of the disk.
+    pub(super) fn dirty_tables(&self) -> HashSet<u64> {
+        self.l2_updates
+            .iter()
+            .map(|&(t, _)| t)
+            .chain(self.new_l2.iter().map(|&(_, t)| t))
+            .collect()
+    }
+
+    fn merge(&mut self, p: Pending) {
+        self.l2_updates.extend(p.l2_updates);
+        self.new_l2.extend(p.new_l2);
+        self.frees.extend(p.frees);
+    }
 }
 
 impl Qcow2Image {
@@ -80,21 +108,36 @@ impl Qcow2Image {
         Ok(())
     }
 
-    /// Phases 1 (end) to 4 of the module documentation.
-    fn commit(&self, st: &mut State, p: Pending) -> Result<(), Error> {
+    /// Ends a request: its table updates join those waiting for the next flush (phase 2 of
+    /// the module documentation), written out early only when too many are waiting.
+    fn record(&self, st: &mut State, p: Pending) -> Result<(), Error> {
+        st.pending.merge(p);
+        let full = st.pending.l2_updates.len() > MAX_PENDING
+            || st.pending.frees.len() > MAX_PENDING
+            || st.pending.dirty_tables().len() > MAX_DIRTY_TABLES;
+        if full {
+            self.flush_metadata(st)?;
+        }
+        Ok(())
+    }
+
+    /// Phases 3 to 5 of the module documentation: makes the data and refcounts written so far
+    /// durable, then writes the waiting table updates, then frees what they replaced.
+    pub(super) fn flush_metadata(&self, st: &mut State) -> Result<(), Error> {
+        let p = std::mem::take(&mut st.pending);
+        if p.is_empty() {
+            return Ok(());
+        }
         let h = &self.header;
         let cs = h.cluster_size();
-        if p.l2_updates.is_empty() && p.new_l2.is_empty() {
-            return Ok(());
+        if self.ordered_writes() {
+            self.file.sync_data().map_err(Error::Flush)?;
         }
         for &(_, off) in &p.new_l2 {
             let table = self.l2_table(st, off)?;
             let raw: Vec<u8> = table.iter().flat_map(|v| v.to_be_bytes()).collect();
             self.file.write_all_at(&raw, off).map_err(Error::Write)?;
             st.file_len = st.file_len.max(off + cs);
-        }
-        if self.ordered_writes() {
-            self.file.sync_data().map_err(Error::Flush)?;
         }
         // Entries next to each other in one table go out in one write, from the table in
         // memory (which holds the latest value of each).
@@ -232,21 +275,42 @@ impl Qcow2Image {
                 continue;
             }
             // Part of a cluster: copy-on-write into a new one.
-            let mut data = vec![0u8; cs_usize];
-            let cluster_start = pos - in_cluster;
-            let len = usize::try_from((h.size - cluster_start).min(cs)).expect("<= cs");
-            self.read_mapped(m, &mut data[..len], cluster_start)?;
-            let start = usize::try_from(in_cluster).expect("below the cluster size");
-            data[start..start + n].copy_from_slice(&buf[done..done + n]);
             let rc = st.refcounts.as_mut().ok_or(Error::ReadOnly)?;
             let host = rc.alloc(&self.file)?;
-            self.file.write_all_at(&data, host).map_err(Error::Write)?;
+            let reads_zero = match m {
+                Mapping::Zero => true,
+                Mapping::Unallocated => self.backing.is_none(),
+                _ => false,
+            };
+            if reads_zero && host >= st.file_len {
+                // Over zeros, into a cluster never written before (allocation only moves
+                // forward from the end of the file): only the new bytes are written, plus the
+                // cluster's last byte (a zero) so that the file covers the whole cluster. That
+                // byte is ours to write whatever lies beyond (a refcount block allocated just
+                // now may), and it costs no syscall the confined worker lacks.
+                self.file
+                    .write_all_at(&buf[done..done + n], host + in_cluster)
+                    .map_err(Error::Write)?;
+                if in_cluster + (n as u64) < cs {
+                    self.file
+                        .write_all_at(&[0], host + cs - 1)
+                        .map_err(Error::Write)?;
+                }
+            } else {
+                let mut data = vec![0u8; cs_usize];
+                let cluster_start = pos - in_cluster;
+                let len = usize::try_from((h.size - cluster_start).min(cs)).expect("<= cs");
+                self.read_mapped(m, &mut data[..len], cluster_start)?;
+                let start = usize::try_from(in_cluster).expect("below the cluster size");
+                data[start..start + n].copy_from_slice(&buf[done..done + n]);
+                self.file.write_all_at(&data, host).map_err(Error::Write)?;
+            }
             st.file_len = st.file_len.max(host + cs);
             self.drop_old(m, e, &mut p.frees);
             self.set_l2(st, l2_off, l2_idx, host | COPIED, &mut p)?;
             done += n;
         }
-        self.commit(st, p)
+        self.record(st, p)
     }
 
     /// Makes `len` bytes at `offset` read as zeros: whole clusters become zero clusters
@@ -283,8 +347,9 @@ impl Qcow2Image {
                 last_l1 = Some(l1_idx);
                 tables += 1;
                 if tables > super::L2_CACHE {
-                    // Bound the memory of a huge request: commit, then start afresh.
-                    self.commit(st, std::mem::take(&mut p))?;
+                    // Bound the memory of a huge request: write out, then start afresh.
+                    self.record(st, std::mem::take(&mut p))?;
+                    self.flush_metadata(st)?;
                     st.l2_cache.clear();
                     tables = 1;
                 }
@@ -309,7 +374,7 @@ impl Qcow2Image {
             }
             pos = (pos + cs).min(b);
         }
-        self.commit(st, p)?;
+        self.record(st, p)?;
         write_zeros(st, b, end)
     }
 }

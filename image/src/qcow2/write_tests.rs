@@ -102,3 +102,33 @@ fn a_large_write_allocates_one_contiguous_run() {
     assert!(got.iter().all(|&b| b == 9));
     assert!(img.check().unwrap().is_clean());
 }
+
+#[test]
+fn a_crash_before_a_flush_loses_only_unflushed_writes_and_leaks_at_worst() {
+    let f = temp_file();
+    let mut o = Qcow2CreateOptions::new(SIZE);
+    o.cluster_bits = 12;
+    create_qcow2(&f, &o).unwrap();
+    let img = Qcow2Image::open(f.try_clone().unwrap(), false, &mut no_backing).unwrap();
+    img.write_at(&[0x5a; 10_000], 0).unwrap();
+    img.flush().unwrap();
+    img.write_at(&[0x6b; 100_000], 1 << 20).unwrap();
+    img.write_at(&[0x7c; 3000], 100).unwrap();
+    // A crash: nothing more reaches the file.
+    std::mem::forget(img);
+    let img = Qcow2Image::open(f, true, &mut no_backing).unwrap();
+    let r = img.check().unwrap();
+    assert_eq!(r.corruptions, 0, "{r:?}");
+    assert!(r.leaks > 0, "the unflushed writes' clusters leak: {r:?}");
+    let mut got = vec![0u8; 10_000];
+    img.read_at(&mut got, 0).unwrap();
+    // The overwrite of an allocated cluster went in place; the rest is the flushed data.
+    assert!(got[..100].iter().all(|&b| b == 0x5a));
+    assert!(got[3100..].iter().all(|&b| b == 0x5a));
+    let mut later = vec![1u8; 4096];
+    img.read_at(&mut later, 1 << 20).unwrap();
+    assert!(
+        later.iter().all(|&b| b == 0),
+        "unflushed allocation not referenced"
+    );
+}

@@ -81,33 +81,18 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no binary directory"))?;
     let tmp = ward_tests::TempDir::new("bench");
     let setup = probe::Setup {
-        image_format: "raw",
         bin_dir: bin_dir.clone(),
         probe: ward_tests::probe_elf(),
-        image: probe::image(&tmp.0)?,
-        rundir: tmp.0.clone(),
+        dir: tmp.0.clone(),
         runs: args.runs,
         burst: args.burst,
         tsc_khz: measure::tsc_khz()?,
     };
     if !args.no_probe {
+        // One run: raw and qcow2 images, ward and QEMU, all block workloads interleaved.
         let results = probe::run(&setup)?;
-        println!("{}", probe::report(&setup, &results));
-        // The same on a qcow2 image (made by ward-img), served by both VMMs.
-        let qcow2 = tmp.0.join("bench-disk.qcow2");
-        let st = std::process::Command::new(bin_dir.join("ward-img"))
-            .args(["create", "-f", "qcow2"])
-            .arg(&qcow2)
-            .arg("256M")
-            .output()?;
-        anyhow::ensure!(st.status.success(), "ward-img create failed: {st:?}");
-        let q = probe::Setup {
-            image_format: "qcow2",
-            image: qcow2,
-            ..setup.clone()
-        };
-        let results = probe::run(&q)?;
-        println!("{}", probe::report(&q, &results));
+        println!("{}", probe::report_raw(&setup, &results));
+        println!("{}", probe::report_qcow2(&setup, &results));
     }
     if args.convert_mib > 0 {
         println!(

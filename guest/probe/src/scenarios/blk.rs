@@ -272,11 +272,41 @@ pub fn flush(ctx: &Ctx, sc: &Scen) {
     }
 }
 
-/// `blk-burst:DEV:N:SIZE:OP`: N requests of SIZE bytes, as many in flight as the
-/// queue and the buffer pool allow, at successive offsets wrapping at capacity.
+/// Seed of `blk-burst`'s random order: fixed, so that every run (and every VMM)
+/// sees the same offsets.
+const BURST_SEED: u64 = 0x2545_F491_4F6C_DD1D;
+
+/// The offsets of `blk-burst`: request `i` goes to unit (SIZE-aligned slot) `i mod
+/// units` in sequential order, or to a pseudo-random unit in random order
+/// (xorshift64 from [`BURST_SEED`], scaled to `0..units` by a 64x64->128 multiply,
+/// a handful of instructions per request, as few as the sequential order's).
+enum Order {
+    Seq,
+    Rand(u64),
+}
+
+impl Order {
+    #[inline(always)]
+    fn unit(&mut self, i: u64, units: u64) -> u64 {
+        match self {
+            Order::Seq => i % units,
+            Order::Rand(x) => {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                ((u128::from(*x) * u128::from(units)) >> 64) as u64
+            }
+        }
+    }
+}
+
+/// `blk-burst:DEV:N:SIZE:OP[:ORDER]`: N requests of SIZE bytes, as many in flight
+/// as the queue and the buffer pool allow, at successive offsets wrapping at
+/// capacity (ORDER `seq`, the default) or at pseudo-random SIZE-aligned offsets
+/// over the whole disk from a fixed seed (ORDER `rand`).
 pub fn burst(ctx: &Ctx, sc: &Scen) {
-    let usage = "usage blk-burst:DEV:N:SIZE:read|write";
-    if sc.nargs() != 4 {
+    let usage = "usage blk-burst:DEV:N:SIZE:read|write[:seq|rand]";
+    if sc.nargs() != 4 && sc.nargs() != 5 {
         return sc.fail(usage);
     }
     let (Some(total), Some(size)) = (sc.num(2), sc.num(3)) else {
@@ -285,6 +315,11 @@ pub fn burst(ctx: &Ctx, sc: &Scen) {
     let typ = match sc.field(4) {
         b"read" => T_IN,
         b"write" => T_OUT,
+        _ => return sc.fail(usage),
+    };
+    let mut order = match sc.field(5) {
+        b"" | b"seq" => Order::Seq,
+        b"rand" => Order::Rand(BURST_SEED),
         _ => return sc.fail(usage),
     };
     if size == 0 || size % SECTOR != 0 || size > dma::POOL_SIZE as u64 {
@@ -327,7 +362,7 @@ pub fn burst(ctx: &Ctx, sc: &Scen) {
             let slot = free_slots[nfree];
             let addr = dma::base() + u64::from(slot) * size;
             let n = dev.split(addr, size as u32, &mut segs);
-            let sector = (submitted % units) * sectors_per_req;
+            let sector = order.unit(submitted, units) * sectors_per_req;
             let Ok(head) = dev.queue_request(typ, sector, &segs[..n], typ == T_IN) else {
                 break;
             };

@@ -1,11 +1,16 @@
 //! Consistency check (like `qemu-img check`, with repair of leaks) and allocation map.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::header::check_region;
 use super::refcount::Refcounts;
 use super::{compressed, read_u64_table, Mapping, Qcow2Image, COMPRESSED, COPIED, OFFSET_MASK};
 use crate::Error;
+
+/// Bits of an L1 entry that must be zero: 0-8 and 56-62.
+pub(super) const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
+/// Bits of a standard L2 entry that must be zero: 1-8 and 56-61.
+pub(super) const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 
 /// Messages kept in a report; the counts go on past this.
 const MAX_MESSAGES: usize = 100;
@@ -82,6 +87,10 @@ struct Walk<'a> {
     copied: Vec<(u64, bool, Loc)>,
     /// Entries of the active tables that point at nothing valid.
     bad: Vec<Loc>,
+    /// Entries of the active tables with reserved bits set.
+    reserved: Vec<Loc>,
+    /// L2 tables reached so far: how many times, and whether from the active L1 table.
+    reached: BTreeMap<u64, (u32, bool)>,
     report: CheckReport,
 }
 
@@ -90,6 +99,7 @@ pub(super) struct Walked {
     pub refs: HashMap<u64, u32>,
     pub copied: Vec<(u64, bool, Loc)>,
     pub bad: Vec<Loc>,
+    pub reserved: Vec<Loc>,
     pub actual: HashMap<u64, u16>,
     pub rc: Refcounts,
     pub file_len: u64,
@@ -98,8 +108,13 @@ pub(super) struct Walked {
 
 impl Walk<'_> {
     fn add(&mut self, off: u64) {
+        self.add_times(off, 1);
+    }
+
+    fn add_times(&mut self, off: u64, times: u32) {
         let c = off >> self.img.header().cluster_bits;
-        *self.refs.entry(c).or_insert(0) += 1;
+        let r = self.refs.entry(c).or_insert(0);
+        *r = r.saturating_add(times);
     }
 
     fn add_range(&mut self, off: u64, len: u64) {
@@ -111,20 +126,29 @@ impl Walk<'_> {
         }
     }
 
+    /// Follows one L1 table: each L2 table it reaches is recorded (read once later, however
+    /// many L1 entries reach it, see [`Walk::tables`]).
     fn l1(&mut self, l1_off: u64, l1_size: u32, active: bool) -> Result<(), Error> {
         let cs = self.img.cluster_size();
         let cb = self.img.header().cluster_bits;
         let l1 = read_u64_table(&self.img.file, l1_off, u64::from(l1_size))?;
         for (i, e) in l1.into_iter().enumerate() {
             let l2 = e & OFFSET_MASK;
-            if l2 == 0 {
-                continue;
-            }
             let loc = Loc {
                 at: l1_off + i as u64 * 8,
                 entry: e,
                 l1: true,
             };
+            if e & L1_RESERVED != 0 {
+                self.report
+                    .corrupt(format!("L1 entry {e:#x} has reserved bits set"));
+                if active {
+                    self.reserved.push(loc);
+                }
+            }
+            if l2 == 0 {
+                continue;
+            }
             if let Err(err) = check_region("L2 table", l2, cs, cs, self.file_len) {
                 self.report.corrupt(err.to_string());
                 if active {
@@ -136,6 +160,18 @@ impl Walk<'_> {
             if active {
                 self.copied.push((l2 >> cb, e & COPIED != 0, loc));
             }
+            let t = self.reached.entry(l2).or_insert((0, false));
+            t.0 += 1;
+            t.1 |= active;
+        }
+        Ok(())
+    }
+
+    /// Reads every L2 table reached once, counting its entries' references as many times as
+    /// the table is reached (a crafted image may reach one table from thousands of entries).
+    fn tables(&mut self) -> Result<(), Error> {
+        let reached = std::mem::take(&mut self.reached);
+        for (l2, (times, active)) in reached {
             let table = read_u64_table(&self.img.file, l2, self.img.header().l2_entries())?;
             for (j, e) in table.into_iter().enumerate() {
                 let loc = Loc {
@@ -143,16 +179,23 @@ impl Walk<'_> {
                     entry: e,
                     l1: false,
                 };
-                self.l2_entry(loc, active);
+                self.l2_entry(loc, times, active);
             }
         }
         Ok(())
     }
 
-    fn l2_entry(&mut self, loc: Loc, active: bool) {
+    fn l2_entry(&mut self, loc: Loc, times: u32, active: bool) {
         let e = loc.entry;
         let h = self.img.header();
         let cs = h.cluster_size();
+        if e & COMPRESSED == 0 && e & L2_RESERVED != 0 {
+            self.report
+                .corrupt(format!("L2 entry {e:#x} has reserved bits set"));
+            if active {
+                self.reserved.push(loc);
+            }
+        }
         if e & COMPRESSED != 0 {
             let ext = compressed::decode(e, h.cluster_bits);
             if ext.offset + ext.len > self.file_len.next_multiple_of(512) {
@@ -167,7 +210,7 @@ impl Walk<'_> {
                 return;
             }
             for off in compressed::host_clusters(ext, h.cluster_bits) {
-                self.add(off);
+                self.add_times(off, times);
             }
             return;
         }
@@ -188,7 +231,7 @@ impl Walk<'_> {
             }
             return;
         }
-        self.add(host);
+        self.add_times(host, times);
         // Preallocated zero clusters (ZERO flag with an offset) are references too.
         if active {
             self.copied
@@ -225,6 +268,8 @@ impl Qcow2Image {
             refs: HashMap::new(),
             copied: Vec::new(),
             bad: Vec::new(),
+            reserved: Vec::new(),
+            reached: BTreeMap::new(),
             report: CheckReport::default(),
         };
         w.add(0);
@@ -240,11 +285,13 @@ impl Qcow2Image {
             w.add_range(s.l1_table_offset, u64::from(s.l1_size) * 8);
             w.l1(s.l1_table_offset, s.l1_size, false)?;
         }
+        w.tables()?;
         let actual = rc.all(&self.file)?;
         let Walk {
             refs,
             copied,
             bad,
+            reserved,
             mut report,
             ..
         } = w;
@@ -276,6 +323,7 @@ impl Qcow2Image {
             refs,
             copied,
             bad,
+            reserved,
             actual,
             rc,
             file_len,

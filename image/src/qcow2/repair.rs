@@ -4,6 +4,7 @@
 //! A repair works from a walk over every table (see `check`) and changes the image in an
 //! order that keeps it no worse after a crash at any point:
 //!
+//! 0. (all) reserved bits set in entries of the active tables are cleared;
 //! 1. (all) entries of the active tables that point outside the file are dropped: an L2
 //!    entry reads zeros from then on (a zero cluster in version 3, unallocated in version 2,
 //!    where a backing file shows through), an L1 entry loses its L2 table;
@@ -18,7 +19,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use super::check::Loc;
+use super::check::{Loc, L1_RESERVED, L2_RESERVED};
 use super::header::INCOMPAT_DIRTY;
 use super::refcount::Refcounts;
 use super::{
@@ -95,6 +96,18 @@ impl Qcow2Image {
         report: &mut CheckReport,
     ) -> Result<(), Error> {
         if mode == Repair::All {
+            // 0. Reserved bits cleared.
+            if !w.reserved.is_empty() {
+                for loc in &w.reserved {
+                    let mask = if loc.l1 { L1_RESERVED } else { L2_RESERVED };
+                    self.file
+                        .write_all_at(&(loc.entry & !mask).to_be_bytes(), loc.at)
+                        .map_err(Error::Write)?;
+                }
+                self.sync()?;
+                report.corruptions_fixed += w.reserved.len() as u64;
+                w = self.walk()?;
+            }
             // 1. Entries pointing outside the file.
             if !w.bad.is_empty() {
                 for loc in &w.bad {

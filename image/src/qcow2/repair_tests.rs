@@ -128,3 +128,36 @@ fn a_dirty_image_that_cannot_be_mended_stays_read_only() {
     assert!(matches!(r, Err(Error::DirtyRepairFailed(_))), "{r:?}");
     assert!(open_ro(&f).is_dirty());
 }
+
+#[test]
+fn reserved_bits_are_reported_and_cleared() {
+    let f = with_data();
+    let l1e = (L2 | COPIED) | 0x4000_0000_0000_0000;
+    poke(&f, L1, &l1e.to_be_bytes());
+    let l2e = (5 * CS) | COPIED | 0x2;
+    poke(&f, L2, &l2e.to_be_bytes());
+    let r = open_ro(&f).check().unwrap();
+    assert!(
+        r.messages.iter().any(|m| m.contains("L1 entry")) && r.corruptions >= 2,
+        "{r:?}"
+    );
+    let (img, fixed) =
+        Qcow2Image::open_for_repair(f.try_clone().unwrap(), Repair::All, &mut no_backing).unwrap();
+    assert!(fixed.corruptions_fixed >= 2, "{fixed:?}");
+    assert!(img.check().unwrap().is_clean());
+    assert_eq!(read(&img, 0, 16), vec![0xab; 16]);
+}
+
+#[test]
+fn one_l2_table_reached_many_times_is_read_once_and_counted_each_time() {
+    let f = with_data();
+    // Two L1 entries reach the same L2 table: its data clusters have two references.
+    poke(&f, L1 + 8, &L2.to_be_bytes());
+    let r = open_ro(&f).check().unwrap();
+    assert!(
+        r.messages
+            .iter()
+            .any(|m| m.contains("cluster 0x5 refcount=1 reference=2")),
+        "{r:?}"
+    );
+}

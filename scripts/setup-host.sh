@@ -3,6 +3,8 @@
 #   qemu-system-x86  the reference VMM for benchmarks, and the nested machine for Linux tests
 #   qemu-utils       qemu-img, the referee for disk images
 #   cpio             building initramfs images
+#   g++              libFuzzer, which image/fuzz/run.sh builds (cargo-fuzz itself comes from
+#                    crates.io: run.sh installs it)
 # Idempotent: does nothing when everything is present. Debian 12 machines here may carry a
 # newer backported qemu-utils that conflicts with Debian's qemu-system-x86; then both are
 # installed at the qemu-system-x86 version, which is what the tests expect (7.2).
@@ -13,6 +15,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v cpio >/dev/null || need+=(cpio)
 command -v gzip >/dev/null || need+=(gzip)
+command -v c++ >/dev/null || need+=(g++)
 # qemu-img must match qemu-system (both from the same Debian release).
 if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
     sv=$(qemu-system-x86_64 --version | head -1 | awk '{print $4}')

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs all of ward's tests on this machine: formatting, lints, unit tests, and the integration
+# Runs all of ward's tests on this machine: formatting, lints, unit tests, the integration
 # tests that boot the probe guest on the host's /dev/kvm and the Linux guest (directly where
-# the host's KVM can run it, else inside the nested machine). Fails when /dev/kvm exists and no
-# KVM test ran.
+# the host's KVM can run it, else inside the nested machine), and a bounded fuzzing run of the
+# qcow2 parsers. Fails when /dev/kvm exists and no KVM test ran.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -31,6 +31,10 @@ if [ -e /dev/kvm ]; then
 else
     echo "WARNING: /dev/kvm is missing here: every KVM test was skipped" >&2
 fi
+
+# The qcow2 parsers under libFuzzer for a bounded time (image/fuzz/run.sh; about a minute to
+# build and 30 s per target unless WARD_FUZZ_SECONDS says otherwise). A crash fails the run.
+bash image/fuzz/run.sh "${WARD_FUZZ_SECONDS:-30}"
 
 # One closing line for the whole run (cargo prints one per test binary, the last being the
 # doc-tests, which are empty).

@@ -1,5 +1,7 @@
-//! `ward`: the command line. Today it has `run`, which starts one VM in the foreground through
-//! the launcher and exits when the VM ends.
+//! `ward`: the command line. `run` starts one VM in the foreground through the launcher and
+//! exits when the VM ends; `console` attaches a terminal to a running VM's virtio console.
+
+mod attach;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ward_ipc::core::SeccompMode;
-use ward_launcher::{Console, Disk, Outcome, VmSpec};
+use ward_launcher::{Console, Disk, Outcome, VirtioConsole, VmSpec};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +29,23 @@ enum Cmd {
     /// Exit status: 0 when the guest rebooted or powered off, 1 when the VM failed (a worker
     /// died, the core failed), 2 for bad arguments, 130 when stopped by a signal.
     Run(RunArgs),
+    /// Attach the terminal to a running VM's virtio console (`ward run --console virtio`).
+    ///
+    /// `^]` detaches and leaves the VM running. Exit status: 0 when detached or the console
+    /// closed, 1 when the console cannot be reached or is busy.
+    Console(ConsoleArgs),
+}
+
+#[derive(clap::Args)]
+struct ConsoleArgs {
+    /// The VM's name.
+    name: String,
+    /// Take the console over from the client attached now.
+    #[arg(long, conflicts_with = "watch")]
+    force: bool,
+    /// Only show the console's output (any number of watchers may attach).
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(clap::Args)]
@@ -55,9 +74,24 @@ struct RunArgs {
     /// opened (read-only) by ward and handed to the disk's worker.
     #[arg(long = "disk", short = 'd', value_parser = parse_disk)]
     disks: Vec<Disk>,
-    /// Write the serial console to this file instead of the terminal.
+    /// The guest's console: `serial` (ttyS0 on the terminal) or `virtio` (hvc0, served by its
+    /// own worker process and logged; on a terminal, `ward run` attaches to it, `^]` detaches
+    /// and the VM keeps running; `ward console NAME` attaches again). Give the guest
+    /// `console=hvc0` to use it.
+    #[arg(long, default_value = "serial", value_parser = ["serial", "virtio"])]
+    console: String,
+    /// With `--console serial`: write the serial port to this file instead of the terminal.
+    /// With `--console virtio`: log hvc0 here (default `<runtime root>/<name>.console.log`;
+    /// rotated into `<file>.1` at `--console-log-max`).
     #[arg(long)]
     console_log: Option<PathBuf>,
+    /// Size at which the virtio console's log is rotated: bytes, or with K/M/G.
+    #[arg(long, default_value = "1M", value_parser = parse_bytes)]
+    console_log_max: u64,
+    /// With `--console virtio`: where the serial port (early boot messages) goes (default
+    /// `<runtime root>/<name>.serial.log`).
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
     /// VM name (for logs and the runtime directory).
     #[arg(long, default_value = "ward")]
     name: String,
@@ -79,6 +113,20 @@ fn parse_mib(s: &str) -> Result<u64, String> {
         .and_then(|n| n.checked_mul(mult))
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{s:?} is not a memory size (e.g. 512, 512M, 2G)"))
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 4096, 64K, 1M)"))
 }
 
 fn parse_disk(s: &str) -> Result<Disk, String> {
@@ -125,13 +173,125 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Console(args) => match console(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ward: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+fn console_socket(name: &str) -> PathBuf {
+    ward_launcher::default_root()
+        .join(name)
+        .join(ward_launcher::ATTACH_SOCKET)
+}
+
+fn console(a: &ConsoleArgs) -> anyhow::Result<()> {
+    let path = console_socket(&a.name);
+    if !path.exists() {
+        bail!(
+            "no virtio console for a VM named {:?} (no {})",
+            a.name,
+            path.display()
+        );
+    }
+    let mode = match (a.force, a.watch) {
+        (true, _) => attach::Mode::Force,
+        (_, true) => attach::Mode::Watch,
+        _ => attach::Mode::Attach,
+    };
+    let sock = attach::connect(&path, mode)?;
+    attach::pump(
+        sock,
+        mode,
+        &format!("Connected to the console of {}", a.name),
+    )?;
+    Ok(())
+}
+
+/// In `ward run --console virtio` on a terminal: attaches as soon as the console worker's
+/// socket appears, until the user detaches or the VM ends (`stop` set by the caller).
+fn attach_when_ready(
+    path: PathBuf,
+    name: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        // Signals are the launcher's to take (it stops the VM in order); none may end the
+        // process through this thread.
+        let mut mask = nix::sys::signal::SigSet::empty();
+        for s in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::Signal::SIGCHLD,
+        ] {
+            mask.add(s);
+        }
+        let _ = mask.thread_block();
+        while !path.exists() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        match attach::connect(&path, attach::Mode::Attach) {
+            Ok(sock) => {
+                let banner = format!("Connected to the console of {name}");
+                if let Ok(attach::End::Detached) = attach::pump(sock, attach::Mode::Attach, &banner)
+                {
+                    eprintln!("ward: `ward console {name}` attaches again");
+                }
+            }
+            Err(e) => eprintln!("ward: {e:#}"),
+        }
+    })
 }
 
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if !a.kernel.is_file() {
         bail!("kernel {} is not a file", a.kernel.display());
     }
+    let virtio = a.console == "virtio";
+    let root = ward_launcher::default_root();
+    let (console, virtio_console) = if virtio {
+        let serial = a
+            .serial_log
+            .unwrap_or_else(|| root.join(format!("{}.serial.log", a.name)));
+        let log = a
+            .console_log
+            .unwrap_or_else(|| root.join(format!("{}.console.log", a.name)));
+        (
+            Console::File(serial),
+            Some(VirtioConsole {
+                log,
+                log_max: a.console_log_max,
+            }),
+        )
+    } else {
+        if a.serial_log.is_some() {
+            bail!(
+                "--serial-log goes with --console virtio (use --console-log for the serial port)"
+            );
+        }
+        let serial = match a.console_log {
+            Some(p) => Console::File(p),
+            None => Console::Terminal,
+        };
+        (serial, None)
+    };
+    if virtio {
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacher = (virtio && tty)
+        .then(|| attach_when_ready(console_socket(&a.name), a.name.clone(), stop.clone()));
     let spec = VmSpec {
         name: a.name,
         kernel: a.kernel,
@@ -140,15 +300,19 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         vcpus: a.vcpus,
         memory_mib: a.memory,
         disks: a.disks,
-        console: match a.console_log {
-            Some(p) => Console::File(p),
-            None => Console::Terminal,
-        },
+        console,
+        virtio_console,
         seccomp: a.seccomp,
         bin_dir: std::env::var_os("WARD_BIN_DIR").map(PathBuf::from),
         run_root: None,
     };
-    let outcome = ward_launcher::run(&spec).context("cannot run the VM")?;
+    let outcome = ward_launcher::run(&spec);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = attacher {
+        // The console's socket closed with its worker: the attachment has ended too.
+        let _ = t.join();
+    }
+    let outcome = outcome.context("cannot run the VM")?;
     eprintln!("ward: {outcome}");
     Ok(match outcome {
         o if o.is_guest_exit() => ExitCode::SUCCESS,
@@ -171,5 +335,8 @@ mod tests {
         assert!(d.readonly);
         assert!(parse_disk("/x.img,bogus").is_err());
         assert!(parse_disk("").is_err());
+        assert_eq!(parse_bytes("64K").unwrap(), 65536);
+        assert_eq!(parse_bytes("1M").unwrap(), 1 << 20);
+        assert!(parse_bytes("x").is_err());
     }
 }

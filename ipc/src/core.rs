@@ -75,6 +75,8 @@ pub struct DeviceConfig {
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     Block,
+    /// virtio-console, one port (the guest's hvc0).
+    Console,
 }
 
 impl DeviceKind {
@@ -82,6 +84,7 @@ impl DeviceKind {
     pub fn virtio_id(self) -> u32 {
         match self {
             DeviceKind::Block => 2,
+            DeviceKind::Console => 3,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! 1. Make the VM's private runtime directory (mode 0700).
 //! 2. Open each disk image (the only process that opens paths), bind a listening vhost-user
-//!    socket for it, and spawn one `ward-block` per disk with exactly those two descriptors.
+//!    socket for it, and spawn one `ward-block` per disk with exactly those two descriptors;
+//!    likewise one `ward-console` with its socket, an attach socket and its two log files.
 //! 3. Spawn `ward-vmm` with one end of a control channel, and send it the configuration plus
 //!    the kernel, initrd, serial descriptors and a connected socket to each worker.
 //! 4. Watch: the core's report, children exiting, and SIGINT/SIGTERM/SIGHUP. When the core ends,
@@ -14,12 +15,14 @@
 mod runtime;
 mod spawn;
 mod watch;
+mod workers;
 
 use std::path::PathBuf;
 
-pub use runtime::RuntimeDir;
+pub use runtime::{default_root, RuntimeDir};
 use ward_ipc::core::SeccompMode;
 pub use watch::Outcome;
+pub use workers::{old_log_path, ATTACH_SOCKET};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,6 +71,16 @@ pub enum Console {
     File(PathBuf),
 }
 
+/// A virtio console (the guest's hvc0) served by its own worker, `ward-console`: its output
+/// is logged (bounded, rotated into `<log>.1`) and clients attach through `console.sock` in the
+/// runtime directory (`ward console`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioConsole {
+    pub log: PathBuf,
+    /// Bytes the log may reach before it is rotated.
+    pub log_max: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     pub path: PathBuf,
@@ -88,7 +101,10 @@ pub struct VmSpec {
     pub vcpus: u8,
     pub memory_mib: u64,
     pub disks: Vec<Disk>,
+    /// Where the serial port (ttyS0) goes.
     pub console: Console,
+    /// A virtio console for the guest, if any.
+    pub virtio_console: Option<VirtioConsole>,
     pub seccomp: SeccompMode,
     /// Directory holding `ward-vmm` and the workers; defaults to the running binary's.
     pub bin_dir: Option<PathBuf>,
@@ -96,8 +112,8 @@ pub struct VmSpec {
     pub run_root: Option<PathBuf>,
 }
 
-/// Most disks one VM may have: one virtio-mmio slot each (IRQs 5..23).
-pub const MAX_DISKS: usize = 19;
+/// Most virtio devices one VM may have: one virtio-mmio slot each (IRQs 5..23).
+pub const MAX_DEVICES: usize = 19;
 
 impl VmSpec {
     pub fn validate(&self) -> Result<()> {
@@ -118,8 +134,16 @@ impl VmSpec {
         if self.vcpus == 0 {
             return bad("at least one vCPU is needed".into());
         }
-        if self.disks.len() > MAX_DISKS {
-            return bad(format!("at most {MAX_DISKS} disks are supported"));
+        let devices = self.disks.len() + usize::from(self.virtio_console.is_some());
+        if devices > MAX_DEVICES {
+            return bad(format!(
+                "at most {MAX_DEVICES} virtio devices (disks and console) are supported"
+            ));
+        }
+        if let Some(c) = &self.virtio_console {
+            if c.log_max < 4096 {
+                return bad("the console log limit must be at least 4 KiB".into());
+            }
         }
         Ok(())
     }
@@ -160,6 +184,7 @@ mod tests {
             memory_mib: 128,
             disks: vec![],
             console: Console::Terminal,
+            virtio_console: None,
             seccomp: SeccompMode::Enforce,
             bin_dir: None,
             run_root: None,

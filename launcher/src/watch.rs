@@ -3,7 +3,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -13,13 +12,12 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{info, warn};
 use ward_ipc::channel::Channel;
-use ward_ipc::core::{
-    CoreConfig, CoreToLauncher, DeviceConfig, DeviceKind, ExitReason, LauncherToCore,
-};
+use ward_ipc::core::{CoreConfig, CoreToLauncher, DeviceConfig, ExitReason, LauncherToCore};
 use ward_ipc::FdIndex;
 
 use crate::runtime::{default_root, RuntimeDir};
 use crate::spawn::{spawn, Spawn, FIRST_FD};
+use crate::workers::{start_block, start_console, Worker};
 use crate::{disk_name, Console, Error, Result, VmSpec};
 
 /// How a VM ended, as the launcher saw it.
@@ -31,7 +29,7 @@ pub enum Outcome {
     GuestShutdown,
     /// The user stopped it (SIGINT, SIGTERM, SIGHUP).
     Stopped(String),
-    /// A worker died; the VM was stopped.
+    /// A worker died; the VM was stopped. `device` says which ("disk vda", "console").
     WorkerLost { device: String, detail: String },
     /// The core failed (or died).
     Failed(String),
@@ -51,16 +49,11 @@ impl std::fmt::Display for Outcome {
             Outcome::GuestShutdown => f.write_str("guest powered off"),
             Outcome::Stopped(why) => write!(f, "stopped by {why}"),
             Outcome::WorkerLost { device, detail } => {
-                write!(f, "worker for disk {device} died ({detail}); VM stopped")
+                write!(f, "worker for {device} died ({detail}); VM stopped")
             }
             Outcome::Failed(e) => write!(f, "VM failed: {e}"),
         }
     }
-}
-
-struct Worker {
-    device: String,
-    child: Child,
 }
 
 fn find_binary(spec: &VmSpec, name: &'static str) -> Result<PathBuf> {
@@ -94,7 +87,7 @@ fn open(path: &Path, what: &'static str, write: bool) -> Result<File> {
 
 /// Opens a disk image and locks it: exclusively when writable, shared when read-only, so two
 /// VMs never write one image.
-fn open_disk(path: &Path, readonly: bool) -> Result<File> {
+pub(crate) fn open_disk(path: &Path, readonly: bool) -> Result<File> {
     let f = open(path, "disk image", !readonly)?;
     let op = if readonly {
         libc::LOCK_SH
@@ -116,7 +109,7 @@ fn open_disk(path: &Path, readonly: bool) -> Result<File> {
 /// A format read from the image's own header is not trusted with backing files: a guest can
 /// write a qcow2 header naming any host file onto a raw disk, and a later boot would hand that
 /// file to the worker. Backing files are followed only when the user said `format=qcow2`.
-fn backing_chain(
+pub(crate) fn backing_chain(
     path: &Path,
     image: &File,
     format: Option<ward_image::Format>,
@@ -162,6 +155,11 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
     } else {
         Some(find_binary(spec, "ward-block")?)
     };
+    let console_bin = spec
+        .virtio_console
+        .as_ref()
+        .map(|_| find_binary(spec, "ward-console"))
+        .transpose()?;
     let kernel = open(&spec.kernel, "kernel", false)?;
     let initrd = spec
         .initrd
@@ -220,6 +218,7 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         spec,
         vmm_bin: &vmm_bin,
         block_bin: block_bin.as_deref(),
+        console_bin: console_bin.as_deref(),
         rundir: &rundir,
         kernel,
         initrd,
@@ -239,6 +238,7 @@ struct StartArgs<'a> {
     spec: &'a VmSpec,
     vmm_bin: &'a Path,
     block_bin: Option<&'a Path>,
+    console_bin: Option<&'a Path>,
     rundir: &'a RuntimeDir,
     kernel: File,
     initrd: Option<File>,
@@ -253,48 +253,21 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     let seccomp = spec.seccomp.to_string();
     let mut sockets = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
-        let name = disk_name(i);
-        let image = open_disk(&disk.path, disk.readonly)?;
-        let (format, backing) = backing_chain(&disk.path, &image, disk.format)?;
-        let path = a.rundir.path().join(format!("{name}.sock"));
-        let listener = UnixListener::bind(&path).map_err(|e| Error::Socket(path.clone(), e))?;
-        let mut args = vec![
-            "--socket-fd".to_string(),
-            FIRST_FD.to_string(),
-            "--image-fd".to_string(),
-            (FIRST_FD + 1).to_string(),
-            "--name".to_string(),
-            name.clone(),
-            "--seccomp".to_string(),
-            seccomp.clone(),
-        ];
-        if disk.readonly {
-            args.push("--readonly".to_string());
-        }
-        args.push("--format".to_string());
-        args.push(format.name().to_string());
-        let mut fds = vec![listener.as_fd(), image.as_fd()];
-        for (i, (backing_name, f)) in backing.iter().enumerate() {
-            args.push("--backing".to_string());
-            args.push(format!("{backing_name}={}", FIRST_FD + 2 + i as i32));
-            fds.push(f.as_fd());
-        }
-        let child = spawn(Spawn {
-            binary: a
-                .block_bin
-                .ok_or(Error::Binary("ward-block", PathBuf::new()))?,
-            args,
-            fds,
-            what: format!("block worker for {name}"),
-        })?;
-        info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
-        a.workers.push(Worker {
-            device: name.clone(),
-            child,
-        });
-        // The worker accepts on its copy of the listener; this connection waits in the backlog.
-        let stream = UnixStream::connect(&path).map_err(|e| Error::Socket(path.clone(), e))?;
-        sockets.push((name, stream));
+        let bin = a
+            .block_bin
+            .ok_or(Error::Binary("ward-block", PathBuf::new()))?;
+        let started = start_block(bin, a.rundir, &disk_name(i), disk, &seccomp)?;
+        a.workers.push(started.worker);
+        sockets.push((disk_name(i), started.kind, started.stream));
+    }
+    if let Some(console) = &spec.virtio_console {
+        let bin = a
+            .console_bin
+            .ok_or(Error::Binary("ward-console", PathBuf::new()))?;
+        let started = start_console(bin, a.rundir, console, &seccomp)?;
+        let name = started.worker.device.clone();
+        a.workers.push(started.worker);
+        sockets.push((name, started.kind, started.stream));
     }
 
     let (ours, theirs) = Channel::pair()?;
@@ -318,11 +291,11 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     });
     let devices = sockets
         .iter()
-        .map(|(name, s)| {
+        .map(|(name, kind, s)| {
             fds.push(s.as_fd());
             DeviceConfig {
                 name: name.clone(),
-                kind: DeviceKind::Block,
+                kind: *kind,
                 socket: FdIndex(fds.len() - 1),
             }
         })
@@ -372,9 +345,9 @@ fn watch(ch: &Channel, core: &mut Child, workers: &mut [Worker], sigfd: &SignalF
                 if let Ok(Some(st)) = w.child.try_wait() {
                     if !st.success() {
                         let detail = describe(st);
-                        warn!(device = %w.device, %detail, "block worker exited");
+                        warn!(device = %w.device, %detail, "worker exited");
                         verdict = Some(Outcome::WorkerLost {
-                            device: w.device.clone(),
+                            device: w.label.clone(),
                             detail,
                         });
                     }
@@ -403,7 +376,13 @@ fn watch(ch: &Channel, core: &mut Child, workers: &mut [Worker], sigfd: &SignalF
                 ExitReason::GuestReset => Outcome::GuestReset,
                 ExitReason::GuestShutdown => Outcome::GuestShutdown,
                 ExitReason::Stopped => Outcome::Stopped("request".into()),
-                ExitReason::WorkerLost { device, detail } => Outcome::WorkerLost { device, detail },
+                ExitReason::WorkerLost { device, detail } => Outcome::WorkerLost {
+                    device: workers
+                        .iter()
+                        .find(|w| w.device == device)
+                        .map_or(device, |w| w.label.clone()),
+                    detail,
+                },
                 ExitReason::Error(e) => Outcome::Failed(e),
             });
             // What the launcher saw itself (a dead worker, a signal) explains more than the

@@ -12,6 +12,8 @@ mod generated {
 pub enum Profile {
     /// The block worker process (all its threads).
     Block,
+    /// The console worker process (all its threads).
+    Console,
     /// The core's main thread: event loop, control channel, devices that live in the core.
     CoreMain,
     /// A vCPU thread of the core.
@@ -19,12 +21,18 @@ pub enum Profile {
 }
 
 impl Profile {
-    pub const ALL: &'static [Profile] = &[Profile::Block, Profile::CoreMain, Profile::CoreVcpu];
+    pub const ALL: &'static [Profile] = &[
+        Profile::Block,
+        Profile::Console,
+        Profile::CoreMain,
+        Profile::CoreVcpu,
+    ];
 
     /// The filter's name in `seccomp/filters.json`.
     pub const fn name(self) -> &'static str {
         match self {
             Profile::Block => "block",
+            Profile::Console => "console",
             Profile::CoreMain => "core_main",
             Profile::CoreVcpu => "core_vcpu",
         }
@@ -108,37 +116,50 @@ mod tests {
             return;
         };
         let profile = *Profile::ALL.iter().find(|p| p.name() == name).unwrap();
+        let syscall = std::env::var("WARD_TEETH_SYSCALL").unwrap_or_default();
         apply_to_thread(profile, SeccompMode::Enforce).unwrap();
-        // SAFETY: a plain syscall with constant arguments; it is expected to kill us.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        let ret = match syscall.as_str() {
+            // SAFETY: plain syscalls with constant, valid arguments (a NUL-terminated path, a
+            // NULL argv and envp); each is expected to kill us.
+            "openat" => unsafe { libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), 0) },
+            // SAFETY: as above.
+            "execve" => unsafe {
+                libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null())
+            },
+            // SAFETY: as above.
+            _ => unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) },
+        };
         // Only reached if the filter let the call through.
-        println!("socket returned {fd}");
+        println!("{syscall} returned {ret}");
         std::process::exit(0);
     }
 
-    /// Teeth: under every profile a syscall none of them allows (an IPv4 socket) kills with
-    /// SIGSYS, while the same child without the filter exits normally.
+    /// Teeth: under every profile, syscalls none of them allows (an IPv4 socket; opening a
+    /// path; exec) kill with SIGSYS, while the same child without the filter exits normally.
     #[test]
     fn forbidden_syscall_kills() {
         let me = std::env::current_exe().unwrap();
         for p in Profile::ALL {
-            let st = Command::new(&me)
-                .args([
-                    "--exact",
-                    "seccomp::tests::teeth_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("WARD_TEETH_PROFILE", p.name())
-                .output()
-                .unwrap();
-            assert_eq!(
-                st.status.signal(),
-                Some(libc::SIGSYS),
-                "{}: {:?}",
-                p.name(),
-                st
-            );
+            for syscall in ["socket", "openat", "execve"] {
+                let st = Command::new(&me)
+                    .args([
+                        "--exact",
+                        "seccomp::tests::teeth_child",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env("WARD_TEETH_PROFILE", p.name())
+                    .env("WARD_TEETH_SYSCALL", syscall)
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    st.status.signal(),
+                    Some(libc::SIGSYS),
+                    "{} {syscall}: {:?}",
+                    p.name(),
+                    st
+                );
+            }
         }
         let st = Command::new(&me)
             .args(["--exact", "seccomp::tests::teeth_child", "--nocapture"])

@@ -152,6 +152,11 @@ pub struct WardRun {
     pub disks: Vec<String>,
     pub seccomp: &'static str,
     pub dir: PathBuf,
+    /// Serve the guest a virtio console (`--console virtio`); the serial port still goes to
+    /// [`WardRun::console_log`], hvc0's log to [`WardRun::hvc_log`].
+    pub virtio_console: bool,
+    /// More `ward run` arguments.
+    pub extra: Vec<String>,
 }
 
 impl WardRun {
@@ -166,11 +171,29 @@ impl WardRun {
             disks: Vec::new(),
             seccomp: "enforce",
             dir: dir.0.clone(),
+            virtio_console: false,
+            extra: Vec::new(),
         }
     }
 
+    /// Where the serial port's output goes.
     pub fn console_log(&self) -> PathBuf {
         self.dir.join(format!("{}.console", self.name))
+    }
+
+    /// The virtio console's log (with `virtio_console`).
+    pub fn hvc_log(&self) -> PathBuf {
+        self.dir.join(format!("{}.hvc.log", self.name))
+    }
+
+    /// The runtime directory ward makes for this VM (`XDG_RUNTIME_DIR` is the test's dir).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.join("ward").join(&self.name)
+    }
+
+    /// The virtio console's attach socket.
+    pub fn attach_socket(&self) -> PathBuf {
+        self.runtime_dir().join("console.sock")
     }
 
     pub fn command(&self) -> Command {
@@ -187,9 +210,16 @@ impl WardRun {
             .arg("--memory")
             .arg(&self.memory)
             .arg("--seccomp")
-            .arg(self.seccomp)
-            .arg("--console-log")
-            .arg(self.console_log());
+            .arg(self.seccomp);
+        if self.virtio_console {
+            c.args(["--console", "virtio", "--serial-log"])
+                .arg(self.console_log())
+                .arg("--console-log")
+                .arg(self.hvc_log());
+        } else {
+            c.arg("--console-log").arg(self.console_log());
+        }
+        c.args(&self.extra);
         if let Some(i) = &self.initrd {
             c.arg("--initrd").arg(i);
         }
@@ -209,6 +239,7 @@ impl WardRun {
 
     pub fn spawn(&self) -> Child {
         let _ = std::fs::remove_file(self.console_log());
+        let _ = std::fs::remove_file(self.hvc_log());
         self.command().spawn().expect("spawn ward")
     }
 

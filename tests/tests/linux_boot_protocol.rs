@@ -25,6 +25,8 @@ fn linux_prints_banner_cmdline_e820_and_acpi() {
         disks: vec![disk.display().to_string()],
         seccomp: "enforce",
         dir: dir.0.clone(),
+        virtio_console: false,
+        extra: Vec::new(),
     };
     let mut child = run.spawn();
     let log = run.console_log();

@@ -23,5 +23,7 @@ pub fn config_size(kind: ward_ipc::core::DeviceKind) -> u32 {
         ward_ipc::core::DeviceKind::Block => {
             std::mem::size_of::<virtio_bindings::virtio_blk::virtio_blk_config>() as u32
         }
+        // struct virtio_console_config: cols, rows (u16), max_nr_ports, emerg_wr (u32).
+        ward_ipc::core::DeviceKind::Console => 12,
     }
 }

@@ -9,9 +9,10 @@
 
 pub mod bad;
 pub mod blk;
+pub mod cons;
 pub mod crash;
-pub mod idle;
 pub mod echo;
+pub mod idle;
 pub mod irq;
 pub mod smp;
 
@@ -174,6 +175,9 @@ pub fn run_all(ctx: &Ctx) {
             b"crash" => crash::run(&sc),
             b"idle" => idle::run(&sc),
             b"echo-serial" => echo::run(ctx, &sc),
+            b"cons-echo" => cons::echo(ctx, &sc),
+            b"cons-write" => cons::write(ctx, &sc),
+            b"cons-bad" => cons::bad(ctx, &sc),
             _ => sc.fail("unknown-scenario"),
         }
     }

@@ -1,0 +1,174 @@
+//! Starting one worker per device: each gets a listening vhost-user socket in the runtime
+//! directory plus the one resource it serves, as inherited descriptors, and the launcher keeps
+//! a connection to the socket for the core.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use tracing::info;
+use ward_ipc::core::DeviceKind;
+
+use crate::spawn::{spawn, Spawn, FIRST_FD};
+use crate::watch::{backing_chain, open_disk};
+use crate::{Disk, Error, Result, RuntimeDir, VirtioConsole};
+
+/// A running worker.
+pub(crate) struct Worker {
+    /// The device's name, as the core knows it ("vda", "hvc0").
+    pub device: String,
+    /// How errors name it ("disk vda", "console").
+    pub label: String,
+    pub child: Child,
+}
+
+/// A started worker and the launcher's connection to its vhost-user socket, for the core.
+pub(crate) struct Started {
+    pub worker: Worker,
+    pub kind: DeviceKind,
+    pub stream: UnixStream,
+}
+
+/// Binds `<rundir>/<name>.sock`; the worker accepts on its copy.
+fn listen(rundir: &RuntimeDir, name: &str) -> Result<(PathBuf, UnixListener)> {
+    let path = rundir.path().join(format!("{name}.sock"));
+    let listener = UnixListener::bind(&path).map_err(|e| Error::Socket(path.clone(), e))?;
+    Ok((path, listener))
+}
+
+/// The connection the core will use; it waits in the worker's backlog until accepted.
+fn connect(path: &Path) -> Result<UnixStream> {
+    UnixStream::connect(path).map_err(|e| Error::Socket(path.to_path_buf(), e))
+}
+
+pub(crate) fn start_block(
+    bin: &Path,
+    rundir: &RuntimeDir,
+    name: &str,
+    disk: &Disk,
+    seccomp: &str,
+) -> Result<Started> {
+    let image = open_disk(&disk.path, disk.readonly)?;
+    let (format, backing) = backing_chain(&disk.path, &image, disk.format)?;
+    let (path, listener) = listen(rundir, name)?;
+    let mut args = vec![
+        "--socket-fd".to_string(),
+        FIRST_FD.to_string(),
+        "--image-fd".to_string(),
+        (FIRST_FD + 1).to_string(),
+        "--name".to_string(),
+        name.to_string(),
+        "--seccomp".to_string(),
+        seccomp.to_string(),
+        "--format".to_string(),
+        format.name().to_string(),
+    ];
+    if disk.readonly {
+        args.push("--readonly".to_string());
+    }
+    let mut fds = vec![listener.as_fd(), image.as_fd()];
+    for (i, (backing_name, f)) in backing.iter().enumerate() {
+        args.push("--backing".to_string());
+        args.push(format!("{backing_name}={}", FIRST_FD + 2 + i as i32));
+        fds.push(f.as_fd());
+    }
+    let child = spawn(Spawn {
+        binary: bin,
+        args,
+        fds,
+        what: format!("block worker for {name}"),
+    })?;
+    info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
+    let worker = Worker {
+        device: name.to_string(),
+        label: format!("disk {name}"),
+        child,
+    };
+    Ok(Started {
+        worker,
+        kind: DeviceKind::Block,
+        stream: connect(&path)?,
+    })
+}
+
+/// Opens a console log for the worker: created 0600 if missing; the current one appended to
+/// (and readable: rotation copies it into the old one), the old one read-write.
+fn open_log(path: &Path, append: bool) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true)
+        .read(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true);
+    }
+    o.open(path).map_err(|source| Error::Open {
+        what: "console log",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The previous console log beside `log`: `console.log` → `console.log.1`.
+pub fn old_log_path(log: &Path) -> PathBuf {
+    let mut s = log.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// The attach socket of a VM's console in its runtime directory.
+pub const ATTACH_SOCKET: &str = "console.sock";
+
+pub(crate) fn start_console(
+    bin: &Path,
+    rundir: &RuntimeDir,
+    console: &VirtioConsole,
+    seccomp: &str,
+) -> Result<Started> {
+    // The guest's name for it; its vhost-user socket is hvc0.sock beside console.sock.
+    let name = "hvc0";
+    let log = open_log(&console.log, true)?;
+    let old = open_log(&old_log_path(&console.log), false)?;
+    let (path, listener) = listen(rundir, name)?;
+    let attach_path = rundir.path().join(ATTACH_SOCKET);
+    let attach =
+        UnixListener::bind(&attach_path).map_err(|e| Error::Socket(attach_path.clone(), e))?;
+    let args = vec![
+        "--socket-fd".to_string(),
+        FIRST_FD.to_string(),
+        "--attach-fd".to_string(),
+        (FIRST_FD + 1).to_string(),
+        "--log-fd".to_string(),
+        (FIRST_FD + 2).to_string(),
+        "--log-old-fd".to_string(),
+        (FIRST_FD + 3).to_string(),
+        "--log-max".to_string(),
+        console.log_max.to_string(),
+        "--name".to_string(),
+        name.to_string(),
+        "--seccomp".to_string(),
+        seccomp.to_string(),
+    ];
+    let child = spawn(Spawn {
+        binary: bin,
+        args,
+        fds: vec![listener.as_fd(), attach.as_fd(), log.as_fd(), old.as_fd()],
+        what: "console worker".into(),
+    })?;
+    info!(pid = child.id(), log = %console.log.display(), "console worker started");
+    let worker = Worker {
+        device: name.to_string(),
+        label: "console".to_string(),
+        child,
+    };
+    Ok(Started {
+        worker,
+        kind: DeviceKind::Console,
+        stream: connect(&path)?,
+    })
+}

@@ -11,6 +11,8 @@
 # Kernel command line:
 #   ward.run=<base64 shell script>     run it with `sh -c`, then reboot
 #   ward.shell=1                       (no ward.run) interactive shell on the console
+#   ward.shell=hvc0                    (no ward.run) login shell on the virtio console hvc0
+#                                      (needs virtio_console; ttyS0 keeps the boot messages)
 # After that the guest syncs and `reboot -f`s; the VMM treats that as the end.
 # Unless the command line has reboot=..., the reboot is done by triple fault.
 
@@ -67,6 +69,7 @@ for a in $cmdline; do
     case $a in
     ward.run=*) run=${a#ward.run=} ;;
     ward.shell=1) shell=1 ;;
+    ward.shell=hvc0) shell=hvc0 ;;
     esac
 done
 
@@ -81,6 +84,14 @@ if [ -n "$run" ]; then
         rc=127
     fi
     echo "WARD-GUEST EXIT status=$rc"
+elif [ "$shell" = hvc0 ]; then
+    if [ -c /dev/hvc0 ]; then
+        echo "WARD-GUEST shell on hvc0 (exit it to reboot)"
+        # -c: hvc0 becomes the shell's controlling terminal (job control, Ctrl-C).
+        setsid -c sh -l </dev/hvc0 >/dev/hvc0 2>&1
+    else
+        echo "WARD-GUEST no /dev/hvc0 (is virtio_console loaded and the device there?)"
+    fi
 elif [ -n "$shell" ]; then
     echo "WARD-GUEST shell (exit it to reboot)"
     setsid cttyhack sh -l

@@ -1,6 +1,8 @@
 //! The Debian Linux guest on ward: boots to its readiness marker with 1 and 2 vCPUs, writes a
 //! pattern to /dev/vda through the block worker, syncs and reboots; the next VM reads it back,
-//! and the host finds both patterns in the image. Directly on a host whose KVM can run Linux;
+//! and the host finds both patterns in the image. A third VM's login shell is on hvc0 (the
+//! virtio console): two `ward console` sessions run commands in it and detach, a second client
+//! is refused while one is attached, and the console log holds everything. Directly on a host whose KVM can run Linux;
 //! inside the nested machine (tests/nested) on the PVM host, where it cannot.
 
 use ward_tests::{kvm_available, TempDir};
@@ -18,6 +20,15 @@ fn check(out: &str, image: &std::path::Path) {
         "[two] DISCARDED-A",
         "[two] WROTE-B",
         "LINUX-TEST two ward-exit=0",
+        // hvc0 sessions through ward console, and the log of all of it.
+        "[three] WARD-GUEST shell on hvc0",
+        "LINUX-TEST hvc-one console-exit=0 saw=1",
+        "LINUX-TEST busy console-exit=1 console busy",
+        "LINUX-TEST hvc-two console-exit=0 saw=1",
+        "LINUX-TEST three ward-exit=0",
+        "[three-hvc] hvc-42",
+        "[three-hvc] again-56",
+        "[three-hvc] /dev/hvc0",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }

@@ -3,8 +3,11 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context};
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::json;
 use ward_image::qcow2::{MapKind, Repair};
 use ward_image::{Format, Qcow2CreateOptions, Qcow2Image};
@@ -21,26 +24,64 @@ pub(crate) fn format_arg(name: Option<&str>) -> anyhow::Result<Option<Format>> {
     .transpose()
 }
 
+/// `-U`: read images without taking a shared lock (they may be in use, and change under us).
+pub(crate) static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
+
+/// Locks held until the process exits: a shared lock on every image read, an exclusive one on
+/// every image written, as qemu-img does, so that an image a VM is writing (ward's launcher
+/// holds an exclusive lock on it) is neither read half-written nor changed under the VM.
+static LOCKS: Mutex<Vec<Flock<File>>> = Mutex::new(Vec::new());
+
+fn lock(f: &File, path: &Path, write: bool) -> std::io::Result<()> {
+    if !write && FORCE_SHARE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let arg = if write {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockSharedNonblock
+    };
+    match Flock::lock(f.try_clone()?, arg) {
+        Ok(l) => {
+            LOCKS.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            Ok(())
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(std::io::Error::other(format!(
+            "cannot get a{} lock on {}: is it in use by a running VM?{}",
+            if write { "n exclusive" } else { " shared" },
+            path.display(),
+            if write { "" } else { " (-U reads it anyway)" }
+        ))),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
 /// Opens backing files by the name stored in an image: relative names are relative to the
-/// directory of the image that names them (as qemu resolves them). Read-only.
+/// directory of the image that names them (as qemu resolves them). Read-only, shared-locked.
 pub(crate) fn resolver_for(image: &Path) -> impl FnMut(&str) -> std::io::Result<File> {
     let dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
     move |name: &str| {
         let p = Path::new(name);
-        File::open(if p.is_absolute() {
+        let path = if p.is_absolute() {
             p.to_path_buf()
         } else {
             dir.join(p)
-        })
+        };
+        let f = File::open(&path)?;
+        lock(&f, &path, false)?;
+        Ok(f)
     }
 }
 
+/// Opens an image, locked: shared to read, exclusive to write.
 pub(crate) fn open_file(path: &Path, write: bool) -> anyhow::Result<File> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(write)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    lock(&f, path, write)?;
+    Ok(f)
 }
 
 pub(crate) fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File, Format)> {
@@ -259,7 +300,13 @@ pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u
 }
 
 pub fn check(path: &Path, format: Option<&str>, repair: Option<Repair>) -> anyhow::Result<u8> {
-    let (f, fmt) = detect(path, format)?;
+    // One descriptor (and lock) for the whole command: a repair's exclusive lock would
+    // conflict with a shared one taken through another descriptor.
+    let f = open_file(path, repair.is_some())?;
+    let fmt = match format_arg(format)? {
+        Some(f) => f,
+        None => ward_image::detect_format(&f)?,
+    };
     if fmt != Format::Qcow2 {
         eprintln!("ward-img: This image format does not support checks");
         return Ok(63);
@@ -267,7 +314,6 @@ pub fn check(path: &Path, format: Option<&str>, repair: Option<Repair>) -> anyho
     let img = match repair {
         None => Qcow2Image::open(f, true, &mut resolver_for(path))?,
         Some(mode) => {
-            let f = open_file(path, true)?;
             let (img, fixed) = Qcow2Image::open_for_repair(f, mode, &mut resolver_for(path))?;
             if fixed.leaks_fixed + fixed.corruptions_fixed > 0 {
                 println!("The following inconsistencies were found and repaired:\n");

@@ -19,6 +19,10 @@ use clap::{Parser, Subcommand};
     about = "Disk image tool for ward (qemu-img compatible where it matters)"
 )]
 struct Cli {
+    /// Read images without a shared lock, even while a VM writes them (what you read may be
+    /// inconsistent). Images written always take an exclusive lock.
+    #[arg(short = 'U', long = "force-share", global = true)]
+    force_share: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -126,6 +130,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    commands::FORCE_SHARE.store(cli.force_share, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.cmd {
         Cmd::Create {
             format,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ward_ipc::core::SeccompMode;
-use ward_launcher::{Console, Disk, Outcome, VirtioConsole, VmSpec};
+use ward_launcher::{Console, Disk, Net, Outcome, VirtioConsole, VmSpec};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +28,7 @@ enum Cmd {
     ///
     /// Exit status: 0 when the guest rebooted or powered off, 1 when the VM failed (a worker
     /// died, the core failed), 2 for bad arguments, 130 when stopped by a signal.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Attach the terminal to a running VM's virtio console (`ward run --console virtio`).
     ///
     /// `^]` detaches and leaves the VM running. Exit status: 0 when detached or the console
@@ -92,6 +92,12 @@ struct RunArgs {
     /// `<runtime root>/<name>.serial.log`).
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// A network interface: tap=NAME[,mac=52:54:00:xx:xx:xx]. The TAP device is opened, or
+    /// created if missing, by ward (which needs CAP_NET_ADMIN for that) and served by its own
+    /// `ward-net`; the MAC defaults to one derived from the VM's name. Repeat for more (eth0,
+    /// eth1, … in the guest).
+    #[arg(long = "net", value_parser = parse_net)]
+    nets: Vec<Net>,
     /// VM name (for logs and the runtime directory).
     #[arg(long, default_value = "ward")]
     name: String,
@@ -127,6 +133,24 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
         .ok_or_else(|| format!("{s:?} is not a size (e.g. 4096, 64K, 1M)"))
+}
+
+fn parse_net(s: &str) -> Result<Net, String> {
+    let mut tap = None;
+    let mut mac = None;
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+            Some(("mac", m)) => mac = Some(m.parse::<ward_launcher::Mac>()?),
+            _ => {
+                return Err(format!(
+                    "unknown network option {opt:?} (expected tap=NAME[,mac=52:54:00:12:34:56])"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or("a network interface needs tap=NAME")?;
+    Ok(Net { tap, mac })
 }
 
 fn parse_disk(s: &str) -> Result<Disk, String> {
@@ -166,7 +190,7 @@ fn main() -> ExitCode {
     ward_ipc::log::init("warn");
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run(args) => match run(args) {
+        Cmd::Run(args) => match run(*args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("ward: {e:#}");
@@ -302,6 +326,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         disks: a.disks,
         console,
         virtio_console,
+        nets: a.nets,
         seccomp: a.seccomp,
         bin_dir: std::env::var_os("WARD_BIN_DIR").map(PathBuf::from),
         run_root: None,
@@ -336,6 +361,12 @@ mod tests {
         assert!(parse_disk("/x.img,bogus").is_err());
         assert!(parse_disk("").is_err());
         assert_eq!(parse_bytes("64K").unwrap(), 65536);
+        let n = parse_net("tap=tap0,mac=52:54:00:12:34:56").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.unwrap().0, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert!(parse_net("mac=52:54:00:12:34:56").is_err());
+        assert!(parse_net("tap=t,mac=zz").is_err());
+        assert!(parse_net("tap=t,speed=10").is_err());
         assert_eq!(parse_bytes("1M").unwrap(), 1 << 20);
         assert!(parse_bytes("x").is_err());
     }

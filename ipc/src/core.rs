@@ -77,6 +77,8 @@ pub enum DeviceKind {
     Block,
     /// virtio-console, one port (the guest's hvc0).
     Console,
+    /// virtio-net over a TAP device.
+    Net,
 }
 
 impl DeviceKind {
@@ -85,6 +87,7 @@ impl DeviceKind {
         match self {
             DeviceKind::Block => 2,
             DeviceKind::Console => 3,
+            DeviceKind::Net => 1,
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum Error {
     Image(PathBuf, #[source] ward_image::Error),
     #[error("Disk image {0} is in use by another VM")]
     Locked(PathBuf),
+    #[error("Cannot open the TAP device {0}")]
+    Tap(String, #[source] ward_net::tap::Error),
     #[error("Cannot create the vhost-user socket {0}")]
     Socket(PathBuf, #[source] std::io::Error),
     #[error("Cannot find the {0} binary (looked in {1})")]
@@ -90,6 +92,30 @@ pub struct Disk {
 }
 
 pub use ward_image::Format as ImageFormat;
+pub use ward_net::Mac;
+
+/// A network interface for the guest: a TAP device (opened, or created if missing, by the
+/// launcher; the worker only gets its descriptor) served by its own `ward-net`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Net {
+    /// The TAP interface's name on the host.
+    pub tap: String,
+    /// The guest's MAC address; by default one derived from the VM's name and the interface's
+    /// index, in the locally administered 52:54:00 range, so it stays the same across boots.
+    pub mac: Option<Mac>,
+}
+
+/// The MAC a VM's `index`th interface gets when none is given: 52:54:00 and three bytes of an
+/// FNV-1a hash of the VM name and the index.
+pub fn generated_mac(vm: &str, index: usize) -> Mac {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in vm.bytes().chain([0]).chain((index as u32).to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = h.to_le_bytes();
+    Mac([0x52, 0x54, 0x00, b[0], b[1], b[2]])
+}
 
 /// One VM, as `ward run` describes it.
 #[derive(Debug, Clone)]
@@ -105,6 +131,8 @@ pub struct VmSpec {
     pub console: Console,
     /// A virtio console for the guest, if any.
     pub virtio_console: Option<VirtioConsole>,
+    /// Network interfaces (eth0, eth1, … in the guest).
+    pub nets: Vec<Net>,
     pub seccomp: SeccompMode,
     /// Directory holding `ward-vmm` and the workers; defaults to the running binary's.
     pub bin_dir: Option<PathBuf>,
@@ -134,11 +162,25 @@ impl VmSpec {
         if self.vcpus == 0 {
             return bad("at least one vCPU is needed".into());
         }
-        let devices = self.disks.len() + usize::from(self.virtio_console.is_some());
+        let devices =
+            self.disks.len() + usize::from(self.virtio_console.is_some()) + self.nets.len();
         if devices > MAX_DEVICES {
             return bad(format!(
-                "at most {MAX_DEVICES} virtio devices (disks and console) are supported"
+                "at most {MAX_DEVICES} virtio devices (disks, console, network) are supported"
             ));
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            if let Err(e) = ward_net::tap::check_name(&n.tap) {
+                return bad(e.to_string());
+            }
+            if self.nets[..i].iter().any(|o| o.tap == n.tap) {
+                return bad(format!("tap {:?} is given twice", n.tap));
+            }
+            if let Some(m) = n.mac {
+                if m.0[0] & 1 != 0 || m.0 == [0; 6] {
+                    return bad(format!("MAC {m} is not a unicast address"));
+                }
+            }
         }
         if let Some(c) = &self.virtio_console {
             if c.log_max < 4096 {
@@ -185,6 +227,7 @@ mod tests {
             disks: vec![],
             console: Console::Terminal,
             virtio_console: None,
+            nets: vec![],
             seccomp: SeccompMode::Enforce,
             bin_dir: None,
             run_root: None,
@@ -203,5 +246,32 @@ mod tests {
         s.name = "ok".into();
         s.vcpus = 0;
         assert!(s.validate().is_err());
+        s.vcpus = 1;
+        s.nets = vec![Net {
+            tap: "tap0".into(),
+            mac: None,
+        }];
+        assert!(s.validate().is_ok());
+        s.nets.push(s.nets[0].clone());
+        assert!(s.validate().is_err(), "one tap twice");
+        s.nets = vec![Net {
+            tap: "bad/name".into(),
+            mac: None,
+        }];
+        assert!(s.validate().is_err());
+        s.nets = vec![Net {
+            tap: "tap0".into(),
+            mac: Some(Mac([0x01, 0, 0, 0, 0, 1])),
+        }];
+        assert!(s.validate().is_err(), "multicast MAC");
+    }
+
+    #[test]
+    fn generated_macs_are_local_stable_and_distinct() {
+        let a = generated_mac("vm0", 0);
+        assert_eq!(a, generated_mac("vm0", 0));
+        assert_eq!(&a.0[..3], &[0x52, 0x54, 0x00]);
+        assert_ne!(a, generated_mac("vm0", 1));
+        assert_ne!(a, generated_mac("vm1", 0));
     }
 }

@@ -17,7 +17,7 @@ use ward_ipc::FdIndex;
 
 use crate::runtime::{default_root, RuntimeDir};
 use crate::spawn::{spawn, Spawn, FIRST_FD};
-use crate::workers::{start_block, start_console, Worker};
+use crate::workers::{start_block, start_console, start_net, Worker};
 use crate::{disk_name, Console, Error, Result, VmSpec};
 
 /// How a VM ended, as the launcher saw it.
@@ -122,6 +122,7 @@ pub(crate) fn backing_chain(
     };
     let mut chain = Vec::new();
     let mut refused = None;
+    let mut locked = None;
     if format == ward_image::Format::Qcow2 {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let copy = image.try_clone().map_err(Error::Wait)?;
@@ -137,11 +138,20 @@ pub(crate) fn backing_chain(
                 dir.join(p)
             };
             let f = open(&full, "backing file", false).map_err(std::io::Error::other)?;
+            // Shared, like the read-only disks: nobody may write a backing file in use.
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+                locked = Some(full);
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
             chain.push((name.to_string(), f.try_clone()?));
             Ok(f)
         });
         if let Some(backing) = refused {
             return Err(Error::ProbedBacking(path.to_path_buf(), backing));
+        }
+        if let Some(backing) = locked {
+            return Err(Error::Locked(backing));
         }
         opened.map_err(bad)?;
     }
@@ -160,6 +170,11 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         .as_ref()
         .map(|_| find_binary(spec, "ward-console"))
         .transpose()?;
+    let net_bin = if spec.nets.is_empty() {
+        None
+    } else {
+        Some(find_binary(spec, "ward-net")?)
+    };
     let kernel = open(&spec.kernel, "kernel", false)?;
     let initrd = spec
         .initrd
@@ -219,6 +234,7 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         vmm_bin: &vmm_bin,
         block_bin: block_bin.as_deref(),
         console_bin: console_bin.as_deref(),
+        net_bin: net_bin.as_deref(),
         rundir: &rundir,
         kernel,
         initrd,
@@ -239,6 +255,7 @@ struct StartArgs<'a> {
     vmm_bin: &'a Path,
     block_bin: Option<&'a Path>,
     console_bin: Option<&'a Path>,
+    net_bin: Option<&'a Path>,
     rundir: &'a RuntimeDir,
     kernel: File,
     initrd: Option<File>,
@@ -265,6 +282,16 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
             .console_bin
             .ok_or(Error::Binary("ward-console", PathBuf::new()))?;
         let started = start_console(bin, a.rundir, console, &seccomp)?;
+        let name = started.worker.device.clone();
+        a.workers.push(started.worker);
+        sockets.push((name, started.kind, started.stream));
+    }
+    for (i, net) in spec.nets.iter().enumerate() {
+        let bin = a.net_bin.ok_or(Error::Binary("ward-net", PathBuf::new()))?;
+        let mac = net
+            .mac
+            .unwrap_or_else(|| crate::generated_mac(&spec.name, i));
+        let started = start_net(bin, a.rundir, i, net, mac, &seccomp)?;
         let name = started.worker.device.clone();
         a.workers.push(started.worker);
         sockets.push((name, started.kind, started.stream));

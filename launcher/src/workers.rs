@@ -14,7 +14,7 @@ use ward_ipc::core::DeviceKind;
 
 use crate::spawn::{spawn, Spawn, FIRST_FD};
 use crate::watch::{backing_chain, open_disk};
-use crate::{Disk, Error, Result, RuntimeDir, VirtioConsole};
+use crate::{Disk, Error, Net, Result, RuntimeDir, VirtioConsole};
 
 /// A running worker.
 pub(crate) struct Worker {
@@ -169,6 +169,50 @@ pub(crate) fn start_console(
     Ok(Started {
         worker,
         kind: DeviceKind::Console,
+        stream: connect(&path)?,
+    })
+}
+
+/// The `index`th network interface: its TAP opened (created if missing) here, the worker given
+/// only that descriptor and its socket.
+pub(crate) fn start_net(
+    bin: &Path,
+    rundir: &RuntimeDir,
+    index: usize,
+    net: &Net,
+    mac: ward_net::Mac,
+    seccomp: &str,
+) -> Result<Started> {
+    let name = format!("net{index}");
+    let tap = ward_net::tap::open_tap(&net.tap).map_err(|e| Error::Tap(net.tap.clone(), e))?;
+    let (path, listener) = listen(rundir, &name)?;
+    let args = vec![
+        "--socket-fd".to_string(),
+        FIRST_FD.to_string(),
+        "--tap-fd".to_string(),
+        (FIRST_FD + 1).to_string(),
+        "--name".to_string(),
+        name.clone(),
+        "--mac".to_string(),
+        mac.to_string(),
+        "--seccomp".to_string(),
+        seccomp.to_string(),
+    ];
+    let child = spawn(Spawn {
+        binary: bin,
+        args,
+        fds: vec![listener.as_fd(), tap.as_fd()],
+        what: format!("network worker for {name}"),
+    })?;
+    info!(device = %name, pid = child.id(), tap = %net.tap, %mac, "network worker started");
+    let worker = Worker {
+        device: name.clone(),
+        label: format!("network {name} (tap {})", net.tap),
+        child,
+    };
+    Ok(Started {
+        worker,
+        kind: DeviceKind::Net,
         stream: connect(&path)?,
     })
 }

@@ -18,6 +18,8 @@ pub enum Profile {
     CoreMain,
     /// A vCPU thread of the core.
     CoreVcpu,
+    /// The net worker process (all its threads).
+    Net,
 }
 
 impl Profile {
@@ -26,6 +28,7 @@ impl Profile {
         Profile::Console,
         Profile::CoreMain,
         Profile::CoreVcpu,
+        Profile::Net,
     ];
 
     /// The filter's name in `seccomp/filters.json`.
@@ -35,6 +38,7 @@ impl Profile {
             Profile::Console => "console",
             Profile::CoreMain => "core_main",
             Profile::CoreVcpu => "core_vcpu",
+            Profile::Net => "net",
         }
     }
 }

@@ -25,5 +25,8 @@ pub fn config_size(kind: ward_ipc::core::DeviceKind) -> u32 {
         }
         // struct virtio_console_config: cols, rows (u16), max_nr_ports, emerg_wr (u32).
         ward_ipc::core::DeviceKind::Console => 12,
+        ward_ipc::core::DeviceKind::Net => {
+            std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_config>() as u32
+        }
     }
 }

@@ -264,3 +264,86 @@ fn a_killed_console_worker_ends_the_vm_with_its_name() {
         "{fin}"
     );
 }
+
+/// `ward run --console virtio` on a terminal (script(1) gives it one): the terminal is
+/// attached in raw mode — Ctrl-C reaches the guest as a byte instead of stopping ward — and
+/// `^]` detaches while the VM runs on to its end.
+#[test]
+fn ward_run_on_a_terminal_attaches_in_raw_mode_and_detaches() {
+    if !kvm_available("ward_run_on_a_terminal_attaches_in_raw_mode_and_detaches") {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("\n*** SKIPPED ward_run_on_a_terminal_attaches_in_raw_mode_and_detaches: no script(1) ***\n");
+        return;
+    }
+    let dir = TempDir::new("hvc-tty");
+    let mut run = WardRun::probe(&dir, "hvctty", "cons-echo:0:3,cons-echo:0:2,idle:1500");
+    run.virtio_console = true;
+    let cmd = run.command();
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut expect = |want: &str| {
+        let start = Instant::now();
+        while !String::from_utf8_lossy(&seen).contains(want) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "terminal never showed {want:?}: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.extend(b);
+            }
+        }
+    };
+    expect("Connected to the console of hvctty");
+    wait_serial(&run, "PROBE cons-echo:0:3 waiting");
+    // Ctrl-C is a byte for the guest in raw mode.
+    stdin.write_all(b"a\x03b").unwrap();
+    stdin.flush().unwrap();
+    expect("echo:a\x03b");
+    wait_serial(&run, "PROBE cons-echo:0:2 waiting");
+    stdin.write_all(b"ok").unwrap();
+    stdin.flush().unwrap();
+    expect("echo:ok");
+    stdin.write_all(&[0x1d]).unwrap();
+    stdin.flush().unwrap();
+    expect("detached");
+    // The VM runs on to its end (the idle scenario), and ward exits cleanly.
+    let status =
+        wait_for(Duration::from_secs(30), || child.try_wait().unwrap()).expect("ward run ended");
+    assert!(status.success(), "{status}");
+    let serial = std::fs::read_to_string(run.console_log()).unwrap();
+    assert!(
+        serial.contains("PROBE cons-echo:0:3 OK got=a_b"),
+        "{serial}"
+    );
+    assert!(serial.contains("PROBE idle:1500"), "{serial}");
+}

@@ -249,8 +249,11 @@ impl Qcow2Image {
             if st.pending.is_empty() {
                 st.l2_cache.clear();
             } else {
-                let dirty = st.pending.dirty_tables();
-                st.l2_cache.retain(|off, _| dirty.contains(off));
+                let State {
+                    l2_cache, pending, ..
+                } = &mut *st;
+                let dirty = pending.dirty_tables();
+                l2_cache.retain(|off, _| dirty.contains(off));
             }
         }
         st

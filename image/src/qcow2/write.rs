@@ -22,6 +22,8 @@ pub(super) struct Pending {
     new_l2: Vec<(usize, u64)>,
     /// Host clusters whose reference was dropped.
     frees: Vec<u64>,
+    /// The L2 tables of `l2_updates` and `new_l2` (kept up to date by `merge`).
+    tables: HashSet<u64>,
 }
 
 impl Pending {
@@ -30,15 +32,13 @@ impl Pending {
     }
 
     /// L2 tables whose in-memory contents are ahead of the disk.
-    pub(super) fn dirty_tables(&self) -> HashSet<u64> {
-        self.l2_updates
-            .iter()
-            .map(|&(t, _)| t)
-            .chain(self.new_l2.iter().map(|&(_, t)| t))
-            .collect()
+    pub(super) fn dirty_tables(&self) -> &HashSet<u64> {
+        &self.tables
     }
 
     fn merge(&mut self, p: Pending) {
+        self.tables.extend(p.l2_updates.iter().map(|&(t, _)| t));
+        self.tables.extend(p.new_l2.iter().map(|&(_, t)| t));
         self.l2_updates.extend(p.l2_updates);
         self.new_l2.extend(p.new_l2);
         self.frees.extend(p.frees);

@@ -243,6 +243,16 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         sigfd: &sigfd,
         workers: &mut workers,
     });
+    // Workers end by themselves when the core (their frontend) has gone, logging their
+    // counters on the way out: a moment for that, then SIGTERM for any still running.
+    let t = Instant::now();
+    while t.elapsed() < WORKER_EXIT_GRACE
+        && workers
+            .iter_mut()
+            .any(|w| matches!(w.child.try_wait(), Ok(None)))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for w in &mut workers {
         end_child(&mut w.child, Duration::from_secs(2));
     }
@@ -399,6 +409,11 @@ fn watch(ch: &Channel, core: &mut Child, workers: &mut [Worker], sigfd: &SignalF
                     Err(_) => channel_open = false,
                 }
             }
+            if verdict.is_none() {
+                if let Some(ExitReason::WorkerLost { device, .. }) = &reported {
+                    verdict = lost_worker_status(workers, device);
+                }
+            }
             let from_core = reported.map(|r| match r {
                 ExitReason::GuestReset => Outcome::GuestReset,
                 ExitReason::GuestShutdown => Outcome::GuestShutdown,
@@ -471,6 +486,38 @@ fn describe(st: std::process::ExitStatus) -> String {
         },
         _ => st.to_string(),
     }
+}
+
+/// How long workers get to exit by themselves once the VM has ended.
+const WORKER_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a worker the core reported lost may take to become reapable.
+const LOST_WORKER_GRACE: Duration = Duration::from_secs(2);
+
+/// The exit status of the worker the core reported lost, if it failed. A dead worker's socket
+/// closes while the process is still exiting (its descriptors close in order, and a TAP
+/// device closing last is removed from the system before the process can be reaped), so the
+/// core can report the loss first: wait a moment, so the worker's own status (a signal, an
+/// exit code) names the cause rather than the core's view of it.
+fn lost_worker_status(workers: &mut [Worker], device: &str) -> Option<Outcome> {
+    let w = workers.iter_mut().find(|w| w.device == device)?;
+    let t = Instant::now();
+    while t.elapsed() < LOST_WORKER_GRACE {
+        match w.child.try_wait() {
+            Ok(Some(st)) if st.success() => return None,
+            Ok(Some(st)) => {
+                let detail = describe(st);
+                warn!(device = %w.device, %detail, "worker exited");
+                return Some(Outcome::WorkerLost {
+                    device: w.label.clone(),
+                    detail,
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Asks a child to stop (SIGTERM), then kills it after `grace`, and reaps it.

@@ -1,6 +1,7 @@
 //! Helpers for ward's integration tests: finding the binaries and guests, skipping loudly where
 //! `/dev/kvm` is missing (and recording where it isn't, so CI can insist that KVM tests ran),
-//! running `ward run`, and reading what the probe guest reports.
+//! running `ward run` (also inside a network namespace the test owns, [`NetNs`]), and reading
+//! what the probe guest reports.
 
 use std::fs::File;
 use std::io::Read;
@@ -197,7 +198,32 @@ impl WardRun {
     }
 
     pub fn command(&self) -> Command {
-        let mut c = Command::new(bin("ward"));
+        self.build(Command::new(bin("ward")))
+    }
+
+    /// `ip netns exec NS ward run …`: ward, its workers and the TAP devices it creates live in
+    /// `ns`. `ip netns exec` execs ward, so the child's pid is ward's.
+    pub fn command_in(&self, ns: &NetNs) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name]).arg(bin("ward"));
+        self.build(c)
+    }
+
+    /// [`WardRun::spawn`] inside `ns`.
+    pub fn spawn_in(&self, ns: &NetNs) -> Child {
+        let _ = std::fs::remove_file(self.console_log());
+        let _ = std::fs::remove_file(self.hvc_log());
+        self.command_in(ns).spawn().expect("spawn ward")
+    }
+
+    /// [`WardRun::run`] inside `ns`.
+    pub fn run_in(&self, ns: &NetNs, timeout: Duration) -> Finished {
+        let child = self.spawn_in(ns);
+        finish(child, self.console_log(), timeout)
+    }
+
+    /// Adds `ward run`'s arguments to `c` (the `ward` binary or a wrapper that runs it).
+    fn build(&self, mut c: Command) -> Command {
         c.arg("run")
             .arg("--name")
             .arg(&self.name)
@@ -408,6 +434,132 @@ pub fn seccomp_modes(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// A network namespace made for one test, `ward-t-<pid>-<n>`, deleted when dropped (also while a
+/// failing test unwinds). Tests address only the namespaces they made (and loopback), never the
+/// host's network.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates the namespace, or says loudly why `test` is skipped (not root, no `/dev/net/tun`,
+    /// no `ip`, namespaces unavailable) and returns `None`.
+    pub fn create(test: &str) -> Option<NetNs> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let skip = |why: &str| {
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            None
+        };
+        if !nix::unistd::geteuid().is_root() {
+            return skip("needs root (network namespaces, TAP devices)");
+        }
+        if !Path::new("/dev/net/tun").exists() {
+            return skip("/dev/net/tun is missing");
+        }
+        let name = format!(
+            "ward-t-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        match Command::new("ip").args(["netns", "add", &name]).output() {
+            Err(e) => skip(&format!("cannot run `ip`: {e}")),
+            Ok(o) if !o.status.success() => skip(&format!(
+                "`ip netns add` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Ok(_) => Some(NetNs { name }),
+        }
+    }
+
+    /// `ip -n NAME args…`, which must succeed; returns what it printed.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let o = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            o.status.success(),
+            "ip -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Whether interface `dev` exists in the namespace.
+    pub fn has_link(&self, dev: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", "dev", dev])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The MAC address of interface `dev`, as `ip` prints it (`aa:bb:cc:dd:ee:ff`).
+    pub fn mac_of(&self, dev: &str) -> String {
+        let out = self.ip(&["link", "show", "dev", dev]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC for {dev} in {out:?}"))
+            .to_string()
+    }
+
+    /// Runs `f` on a thread that entered the namespace, and returns its result. Sockets made
+    /// there stay in the namespace wherever they are used afterwards.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open the namespace");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let ok = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("could not delete network namespace {}", self.name);
+        }
+    }
+}
+
+/// The payload of the probe's datagrams (guest/probe/README.md, network scenarios): `ward`, the
+/// sequence number (u32, big endian), then a pattern of `seq` up to `len` bytes (at least 8).
+pub fn net_payload(seq: u32, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(b"ward");
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend((8..len).map(|i| net_payload_byte(seq, i)));
+    p
+}
+
+/// Byte `i` (i >= 8) of the payload of datagram `seq`.
+pub fn net_payload_byte(seq: u32, i: usize) -> u8 {
+    ((i as u32 ^ (seq << 16)).wrapping_mul(0x9E37_79B1) >> 24) as u8
+}
+
+/// The sequence number of a payload from the probe, if it is one with an intact pattern.
+pub fn net_payload_seq(p: &[u8]) -> Option<u32> {
+    if p.len() < 8 || &p[..4] != b"ward" {
+        return None;
+    }
+    let seq = u32::from_be_bytes(p[4..8].try_into().expect("4 bytes"));
+    (p == net_payload(seq, p.len()).as_slice()).then_some(seq)
+}
+
 /// True if a process with this pid still exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -442,14 +594,21 @@ pub fn linux_guest() -> (PathBuf, PathBuf) {
 
 /// Runs a Linux-guest script (`tests/guest/*.sh`) where ward can boot Linux: directly on a host
 /// whose KVM can, else inside the nested machine (`tests/nested`). Either way the script gets
-/// `ward`, `ward-vmm`, `ward-block`, `ward-console` and `ward-img` on its PATH, `GUEST_DIR` (vmlinuz and
+/// `ward`, `ward-vmm`, `ward-block`, `ward-console`, `ward-net` and `ward-img` on its PATH, `GUEST_DIR` (vmlinuz and
 /// initramfs), `SCRATCH` (a writable directory) and one variable per disk: inside the nested
 /// machine the disks are its /dev/vda, /dev/vdb, … in order; directly, their paths. Returns
 /// what the script printed; panics if it (or the nested machine) failed.
 pub fn run_linux_script(script: &str, scratch: &TempDir, disks: &[(&str, &Path)]) -> String {
     let (kernel, initrd) = linux_guest();
     let script = repo().join(script);
-    let bins = ["ward", "ward-vmm", "ward-block", "ward-console", "ward-img"];
+    let bins = [
+        "ward",
+        "ward-vmm",
+        "ward-block",
+        "ward-console",
+        "ward-img",
+        "ward-net",
+    ];
     let out = if host_is_pvm() {
         eprintln!("host KVM is PVM: running the Linux guest inside the nested machine");
         let mut c = Command::new("bash");

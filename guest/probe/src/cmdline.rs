@@ -10,6 +10,9 @@
 //! * `probe.timeout_ms=N`: timeout for ordinary I/O (default 10000).
 //! * `probe.bad_timeout_ms=N`: how long to wait for a reaction to a malformed
 //!   request (default 1000).
+//! * `probe.ip=A.B.C.D`, `probe.peer=A.B.C.D`, `probe.port=N`: the guest's own
+//!   IPv4 address (default 10.77.0.2), the address the network scenarios send
+//!   to (default 10.77.0.1), and the UDP port used at both ends (default 7777).
 
 pub const MAX_DEVS: usize = 8;
 
@@ -28,6 +31,9 @@ pub struct Cmdline {
     pub run: &'static [u8],
     pub timeout_ms: u64,
     pub bad_timeout_ms: u64,
+    pub ip: [u8; 4],
+    pub peer: [u8; 4],
+    pub port: u16,
 }
 
 impl Cmdline {
@@ -43,6 +49,9 @@ impl Cmdline {
             run: &[],
             timeout_ms: 10_000,
             bad_timeout_ms: 1_000,
+            ip: [10, 77, 0, 2],
+            peer: [10, 77, 0, 1],
+            port: 7777,
         }
     }
 
@@ -66,6 +75,15 @@ impl Cmdline {
                 c.timeout_ms = parse_num(v).unwrap_or(c.timeout_ms);
             } else if let Some(v) = tok.strip_prefix(b"probe.bad_timeout_ms=") {
                 c.bad_timeout_ms = parse_num(v).unwrap_or(c.bad_timeout_ms);
+            } else if let Some(v) = tok.strip_prefix(b"probe.ip=") {
+                c.ip = parse_ipv4(v).unwrap_or(c.ip);
+            } else if let Some(v) = tok.strip_prefix(b"probe.peer=") {
+                c.peer = parse_ipv4(v).unwrap_or(c.peer);
+            } else if let Some(v) = tok.strip_prefix(b"probe.port=") {
+                c.port = parse_num(v)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|&p| p != 0)
+                    .unwrap_or(c.port);
             }
         }
         c
@@ -87,6 +105,23 @@ fn parse_mmio_dev(v: &[u8]) -> Option<MmioDevCfg> {
         return None;
     }
     Some(MmioDevCfg { size, addr, irq })
+}
+
+/// A dotted-quad IPv4 address, `A.B.C.D`, each part decimal 0..=255.
+pub fn parse_ipv4(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        *o = u8::try_from(parse_num(p)?).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
 }
 
 /// Decimal or `0x` hexadecimal.

@@ -71,6 +71,18 @@ pub fn mmio_read32(addr: u64) -> u32 {
     unsafe { core::ptr::read_volatile(addr as *const u32) }
 }
 
+/// 8-bit volatile MMIO read (device configuration fields that are bytes).
+pub fn mmio_read8(addr: u64) -> u8 {
+    // SAFETY: as for mmio_read32.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// 16-bit volatile MMIO read (device configuration fields that are u16).
+pub fn mmio_read16(addr: u64) -> u16 {
+    // SAFETY: as for mmio_read32.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
+}
+
 /// 32-bit volatile MMIO write.
 pub fn mmio_write32(addr: u64, v: u32) {
     // SAFETY: callers pass device register addresses below 4 GiB, never memory

@@ -1,14 +1,15 @@
 //! The probe guest: a tiny freestanding x86-64 kernel for testing VMMs.
 //!
 //! Booted through PVH by ward, QEMU microvm, Cloud Hypervisor or Firecracker, it
-//! finds virtio-mmio block devices on the command line, runs the scenarios named
-//! by `probe.run=`, reports `PROBE ...` lines on the COM1 UART and resets the
-//! machine. See README.md for the command line and the output protocol.
+//! finds virtio-mmio devices (block, console, network) on the command line, runs
+//! the scenarios named by `probe.run=`, reports `PROBE ...` lines on the COM1
+//! UART and resets the machine. See README.md for the command line and the output protocol.
 //!
 //! Module map: `entry` (PVH note, 32->64-bit boot, AP trampoline), `cpu`/`time`
 //! (instructions, TSC), `serial`/`fmt` (output), `bootinfo`/`cmdline`/`acpi`
 //! (what the VMM tells us), `idt`/`apic` (exceptions, interrupts, IPIs),
-//! `virtio` (transport, virtqueue, block driver), `dma` (data buffers),
+//! `virtio` (transport, virtqueue, block, console and network drivers), `inet`
+//! (Ethernet, ARP, IPv4, UDP frames), `dma` (data buffers),
 //! `scenarios` (the tests themselves), `mem` (memcpy and friends).
 
 #![no_std]
@@ -24,6 +25,7 @@ mod dma;
 mod entry;
 mod fmt;
 mod idt;
+mod inet;
 mod mem;
 mod scenarios;
 mod serial;

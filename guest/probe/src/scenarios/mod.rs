@@ -14,6 +14,7 @@ pub mod crash;
 pub mod echo;
 pub mod idle;
 pub mod irq;
+pub mod net;
 pub mod smp;
 
 use core::mem::MaybeUninit;
@@ -178,6 +179,11 @@ pub fn run_all(ctx: &Ctx) {
             b"cons-echo" => cons::echo(ctx, &sc),
             b"cons-write" => cons::write(ctx, &sc),
             b"cons-bad" => cons::bad(ctx, &sc),
+            b"net-info" => net::info(ctx, &sc),
+            b"net-send" => net::send(ctx, &sc),
+            b"net-recv" => net::recv(ctx, &sc),
+            b"net-echo" => net::echo(ctx, &sc),
+            b"net-bad" => net::bad(ctx, &sc),
             _ => sc.fail("unknown-scenario"),
         }
     }

@@ -5,7 +5,7 @@
 //! starts at 0x100; it must be accessed with the natural width of each field, and
 //! 64-bit fields as two 32-bit reads checked against ConfigGeneration (0xfc).
 
-use crate::cpu::{mmio_read32, mmio_write32};
+use crate::cpu::{mmio_read16, mmio_read32, mmio_read8, mmio_write32};
 
 pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 
@@ -89,6 +89,14 @@ impl Mmio {
         self.write(DRIVER_FEATURES, f as u32);
         self.write(DRIVER_FEATURES_SEL, 1);
         self.write(DRIVER_FEATURES, (f >> 32) as u32);
+    }
+
+    pub fn config8(&self, off: u64) -> u8 {
+        mmio_read8(self.base + CONFIG + off)
+    }
+
+    pub fn config16(&self, off: u64) -> u16 {
+        mmio_read16(self.base + CONFIG + off)
     }
 
     pub fn config32(&self, off: u64) -> u32 {

@@ -594,8 +594,9 @@ pub fn linux_guest() -> (PathBuf, PathBuf) {
 
 /// Runs a Linux-guest script (`tests/guest/*.sh`) where ward can boot Linux: directly on a host
 /// whose KVM can, else inside the nested machine (`tests/nested`). Either way the script gets
-/// `ward`, `ward-vmm`, `ward-block`, `ward-console`, `ward-net` and `ward-img` on its PATH, `GUEST_DIR` (vmlinuz and
-/// initramfs), `SCRATCH` (a writable directory) and one variable per disk: inside the nested
+/// `ward`, `ward-vmm`, `ward-block`, `ward-console`, `ward-net` and `ward-img` on its PATH,
+/// `GUEST_DIR` (vmlinuz and initramfs), `SCRATCH` (a writable directory) and one variable per
+/// disk: inside the nested
 /// machine the disks are its /dev/vda, /dev/vdb, … in order; directly, their paths. Returns
 /// what the script printed; panics if it (or the nested machine) failed.
 pub fn run_linux_script(script: &str, scratch: &TempDir, disks: &[(&str, &Path)]) -> String {

@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
                 &bin_dir.join("ward-img"),
                 &tmp.0,
                 args.convert_mib << 20,
-                args.runs.min(5)
+                args.runs
             )?
         );
     }

@@ -1,18 +1,18 @@
-//! `convert`: copies what may hold data from one image into a new one, in three threads.
+//! `convert`: copies what may hold data from one image into a new one, in a few threads.
 //!
-//! The readers walk the source's data ranges (a qcow2 map, or SEEK_DATA/SEEK_HOLE on a raw
-//! file: holes are never read), read them in chunks and find the pieces that are not all
-//! zeros; the writer writes only those pieces, in order, into the new image, which reads zeros
-//! elsewhere. Two readers and a few buffers circulate, so reading the next chunks overlaps
-//! writing the last one. The output is a temporary file renamed into place only when
-//! everything (with `-t writeback`, its sync too) succeeded.
+//! The source's data ranges (a qcow2 map, or SEEK_DATA/SEEK_HOLE on a raw file: holes are
+//! never read) are cut into chunks. Each worker thread takes the next chunk, reads it, finds
+//! the pieces that are not all zeros, waits for its turn and writes only those pieces into the
+//! new image (which reads zeros elsewhere), so chunks are written in order while the other
+//! workers read the chunks after it — much as qemu-img's coroutines do. The output is a
+//! temporary file renamed into place only when everything (with `-t writeback`, its sync too)
+//! succeeded.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use anyhow::Context;
 use ward_image::qcow2::MapKind;
@@ -22,10 +22,8 @@ use crate::commands::{apply_options, detect, format_arg, open_file, resolver_for
 
 /// Bytes read per step.
 const CHUNK: u64 = 2 << 20;
-/// Reader threads (reading and zero-scanning cost about as much as writing).
-const READERS: usize = 2;
-/// Buffers in flight between the readers and the writer.
-const BUFFERS: usize = 4;
+/// Worker threads, each reading, scanning and (in its turn) writing one chunk at a time.
+const WORKERS: usize = 3;
 
 pub struct ConvertArgs<'a> {
     pub input: &'a Path,
@@ -39,13 +37,19 @@ pub struct ConvertArgs<'a> {
     pub sync: bool,
 }
 
-/// One chunk read from the source: where it starts, its bytes, and the (start, len) pieces
-/// within it that are not all zeros.
-struct Chunk {
-    off: u64,
-    len: usize,
-    buf: Vec<u8>,
-    pieces: Vec<(usize, usize)>,
+/// What the workers share: the next chunk to read, whose turn it is to write, and whether one
+/// of them failed.
+struct Shared {
+    next: AtomicUsize,
+    turn: Mutex<usize>,
+    cv: Condvar,
+    failed: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+struct Progress {
+    copied: u64,
+    last_pct: u64,
 }
 
 pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
@@ -74,80 +78,79 @@ pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
     };
     // The output is a new file nobody sees until the rename: its writes need not be ordered
     // for crash safety (a failure deletes it), only flushed once at the end.
-    let dst: Box<dyn DiskImage> = match out_format {
+    let (qcow2_out, raw_out) = match out_format {
         Format::Qcow2 => {
             let q = Qcow2Image::open(out.try_clone()?, false, &mut no_backing)?;
             q.set_ordered_writes(false);
-            Box::new(q)
+            (Some(q), None)
         }
-        Format::Raw => {
-            ward_image::open(out.try_clone()?, Some(out_format), false, &mut no_backing)?
-        }
+        Format::Raw => (
+            None,
+            Some(ward_image::open(
+                out.try_clone()?,
+                Some(out_format),
+                false,
+                &mut no_backing,
+            )?),
+        ),
+    };
+    let dst: &dyn DiskImage = match (&qcow2_out, &raw_out) {
+        (Some(q), _) => q,
+        (None, Some(r)) => &**r,
+        (None, None) => unreachable!("one output is open"),
     };
     let ranges = data_ranges(a.input, fmt, size)?;
     let total: u64 = ranges.iter().map(|(_, len)| len).sum();
 
     let chunks = split_chunks(&ranges);
-    let next = AtomicUsize::new(0);
-    let (full_tx, full_rx) = mpsc::sync_channel::<(usize, Chunk)>(BUFFERS);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-    for _ in 0..BUFFERS {
-        empty_tx
-            .send(vec![0u8; CHUNK as usize])
-            .expect("the receiver is here");
-    }
-    let empty_rx = Mutex::new(empty_rx);
+    let shared = Shared {
+        next: AtomicUsize::new(0),
+        turn: Mutex::new(0),
+        cv: Condvar::new(),
+        failed: AtomicBool::new(false),
+        progress: Mutex::new(Progress {
+            copied: 0,
+            last_pct: u64::MAX,
+        }),
+    };
     let src = &*src;
     let result = std::thread::scope(|s| -> anyhow::Result<()> {
-        let readers: Vec<_> = (0..READERS)
+        let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
-                let full_tx = full_tx.clone();
-                let (chunks, next, empty_rx) = (&chunks, &next, &empty_rx);
-                s.spawn(move || -> anyhow::Result<()> {
-                    loop {
-                        // The buffer first, then the index: whoever holds the chunk the writer
-                        // waits for can always fill it.
-                        let buf = empty_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok(mut buf) = buf else {
-                            return Ok(()); // the writer stopped; it reports why
-                        };
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(off, n)) = chunks.get(i) else {
-                            return Ok(());
-                        };
-                        src.read_at(&mut buf[..n], off)
-                            .with_context(|| format!("cannot read the source at {off}"))?;
-                        let pieces = nonzero_pieces(&buf[..n], off, grain);
-                        let chunk = Chunk {
-                            off,
-                            len: n,
-                            buf,
-                            pieces,
-                        };
-                        if full_tx.send((i, chunk)).is_err() {
-                            return Ok(());
-                        }
+                let (chunks, shared) = (&chunks, &shared);
+                s.spawn(move || {
+                    let r = copy_chunks(src, dst, chunks, grain, shared, total, a.progress);
+                    if r.is_err() {
+                        // Wake the others: none may wait for a turn that will never come.
+                        shared.failed.store(true, Ordering::Relaxed);
+                        let _t = shared.turn.lock().unwrap_or_else(|e| e.into_inner());
+                        shared.cv.notify_all();
                     }
+                    r
                 })
             })
             .collect();
-        drop(full_tx);
-        let written = write_chunks(&*dst, &full_rx, &empty_tx, total, a.progress);
-        drop(full_rx);
-        drop(empty_tx);
-        let mut read = Ok(());
-        for r in readers {
-            let r = r.join().expect("a reader does not panic");
-            read = read.and(r);
+        let mut result = Ok(());
+        for w in workers {
+            let r = w.join().expect("a worker does not panic");
+            // The first error is the cause; later ones only saw it.
+            if result.is_ok() {
+                result = r;
+            }
         }
-        // A read error makes the writer see the end early: report the read error first.
-        read.and(written)
+        result
     });
     result?;
+    // The new image's tables are written out here, where an error still fails the command
+    // (dropping the image would write them too, but could not report a failure).
+    if let Some(q) = &qcow2_out {
+        q.write_metadata()?;
+    }
     if a.sync {
         dst.flush()?;
     }
-    drop(dst);
+    drop(qcow2_out);
+    drop(raw_out);
     if a.sync {
         out.sync_all()?;
     }
@@ -174,41 +177,56 @@ fn split_chunks(ranges: &[(u64, u64)]) -> Vec<(u64, usize)> {
     out
 }
 
-/// Writes the chunks in their order (readers finish them out of order), so a new qcow2
-/// image's clusters follow the guest's order on the host.
-fn write_chunks(
+/// One worker: takes the next chunk, reads it and finds its non-zero pieces, then waits for its
+/// turn and writes them. Chunks are written in their order, so a new qcow2 image's clusters
+/// follow the guest's order on the host, while other workers read the chunks after it.
+fn copy_chunks(
+    src: &dyn DiskImage,
     dst: &dyn DiskImage,
-    full: &mpsc::Receiver<(usize, Chunk)>,
-    empty: &mpsc::SyncSender<Vec<u8>>,
+    chunks: &[(u64, usize)],
+    grain: usize,
+    shared: &Shared,
     total: u64,
     progress: bool,
 ) -> anyhow::Result<()> {
-    let mut copied = 0u64;
-    let mut last_pct = u64::MAX;
-    let mut waiting = BTreeMap::new();
-    let mut expected = 0usize;
-    while let Ok((i, c)) = full.recv() {
-        waiting.insert(i, c);
-        while let Some(c) = waiting.remove(&expected) {
-            expected += 1;
-            for &(start, len) in &c.pieces {
-                let at = c.off + start as u64;
-                dst.write_at(&c.buf[start..start + len], at)
-                    .with_context(|| format!("cannot write the output at {at}"))?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(&(off, n)) = chunks.get(i) else {
+            return Ok(());
+        };
+        if shared.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        src.read_at(&mut buf[..n], off)
+            .with_context(|| format!("cannot read the source at {off}"))?;
+        let pieces = nonzero_pieces(&buf[..n], off, grain);
+        let mut turn = shared.turn.lock().unwrap_or_else(|e| e.into_inner());
+        while *turn != i {
+            if shared.failed.load(Ordering::Relaxed) {
+                return Ok(());
             }
-            copied += c.len as u64;
-            let _ = empty.send(c.buf);
-            if progress {
-                let pct = copied * 100 / total.max(1);
-                if pct != last_pct {
-                    eprint!("\r    ({pct}.00/100%)");
-                    let _ = std::io::stderr().flush();
-                    last_pct = pct;
-                }
+            turn = shared.cv.wait(turn).unwrap_or_else(|e| e.into_inner());
+        }
+        for &(start, len) in &pieces {
+            let at = off + start as u64;
+            dst.write_at(&buf[start..start + len], at)
+                .with_context(|| format!("cannot write the output at {at}"))?;
+        }
+        *turn += 1;
+        drop(turn);
+        shared.cv.notify_all();
+        if progress {
+            let mut p = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.copied += n as u64;
+            let pct = p.copied * 100 / total.max(1);
+            if pct != p.last_pct {
+                eprint!("\r    ({pct}.00/100%)");
+                let _ = std::io::stderr().flush();
+                p.last_pct = pct;
             }
         }
     }
-    Ok(())
 }
 
 /// Whether `b` is all zeros. Folding 256 bytes at a time lets the compiler use vector ORs,

@@ -17,12 +17,11 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use ward_worker::vring::{self, lock};
 
 use crate::disk::{Disk, SECTOR_SIZE};
-use crate::metrics::{should_log, Metrics};
+use crate::metrics::Metrics;
 use crate::request::{self, Completion};
 use crate::GuestMem;
 
@@ -82,11 +81,7 @@ impl BlockBackend {
     }
 
     fn memory(&self) -> GuestMemoryAtomic<GuestMem> {
-        // A poisoned lock means a panic elsewhere; the handle inside is still valid.
-        match self.mem.lock() {
-            Ok(m) => m.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.mem).clone()
     }
 
     /// Serves everything the driver has made available, then signals it if it asked to be.
@@ -149,25 +144,15 @@ impl BlockBackend {
     }
 
     fn notify(&self, vring: &VringRwLock) {
-        match vring.needs_notification() {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = vring.signal_used_queue() {
-                    let n = Metrics::bump(&self.metrics.notify_errors);
-                    if should_log(n) {
-                        warn!(error = %e, count = n, "cannot signal the guest");
-                    }
-                }
-            }
-            Err(e) => self.ring_error("cannot read used_event", &e),
-        }
+        vring::notify(
+            vring,
+            &self.metrics.notify_errors,
+            &self.metrics.ring_errors,
+        );
     }
 
     fn ring_error(&self, what: &str, e: &dyn std::fmt::Display) {
-        let n = Metrics::bump(&self.metrics.ring_errors);
-        if should_log(n) {
-            warn!(error = %e, count = n, "{what}");
-        }
+        vring::ring_error(&self.metrics.ring_errors, what, e);
     }
 }
 
@@ -254,13 +239,7 @@ impl VhostUserBackend for BlockBackend {
     /// out-of-range request gets a short (possibly empty) answer, which the library turns into
     /// an error reply.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_SIZE);
-        let end = start
-            .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
-            .min(CONFIG_SIZE);
-        self.config[start..end].to_vec()
+        vring::config_window(&self.config, offset, size)
     }
 
     /// No field of our configuration space is writable (no VIRTIO_BLK_F_CONFIG_WCE).
@@ -272,25 +251,13 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
-        match self.mem.lock() {
-            Ok(mut m) => *m = mem,
-            Err(p) => *p.into_inner() = mem,
-        }
+        *lock(&self.mem) = mem;
         Ok(())
     }
 
-    /// Lets the library stop the vring thread when the daemon is dropped (the handler joins
-    /// it); without one, dropping the daemon would wait forever. Called while the daemon is
-    /// built, before the seccomp filter is installed.
+    /// See [`vring::exit_event`].
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                let _g = self.span.enter();
-                warn!(error = %e, "cannot create the vring thread's exit event");
-                None
-            }
-        }
+        vring::exit_event(&self.span)
     }
 
     fn handle_event(

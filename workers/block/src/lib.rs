@@ -10,6 +10,9 @@
 //! 3. installs the `block` seccomp filter on every thread of the process (TSYNC);
 //! 4. only then accepts the frontend's connection and serves it until it goes away.
 //!
+//! The daemon, the filter and the frontend (steps 2 to 4) go through [`ward_worker::serve()`],
+//! the serve loop all workers share.
+//!
 //! When the frontend disconnects the VM is gone: the process exits with status 0 and the
 //! launcher decides what comes next.
 //!
@@ -41,17 +44,15 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{fstat, SFlag};
 use tracing::{info, info_span};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use ward_policy::seccomp::{Profile, SeccompMode};
+use ward_worker::{Device, Hooks, ServeError};
 
 use crate::backend::BlockBackend;
 use crate::disk::{Disk, ID_BYTES};
 use crate::metrics::Metrics;
 
-/// Guest memory as the worker maps it (no dirty-page tracking).
-pub type GuestMem = GuestMemoryMmap<()>;
+pub use ward_worker::GuestMem;
 
 /// Process exit codes.
 pub mod exit_code {
@@ -135,18 +136,6 @@ impl Config {
     }
 }
 
-/// Carries a `vhost_user_backend::Error`, which does not implement `std::error::Error`.
-#[derive(Debug)]
-pub struct DaemonError(pub vhost_user_backend::Error);
-
-impl std::fmt::Display for DaemonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DaemonError {}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Descriptor {0} ({1}) is not open")]
@@ -163,14 +152,9 @@ pub enum Error {
     Disk(#[source] disk::Error),
     #[error("Cannot make the listening socket blocking")]
     Blocking(#[source] std::io::Error),
-    #[error("Cannot create the vhost-user daemon")]
-    Daemon(#[source] DaemonError),
-    #[error("Cannot install the seccomp filter")]
-    Seccomp(#[source] ward_policy::seccomp::Error),
-    #[error("Cannot accept the frontend's connection")]
-    Accept(#[source] DaemonError),
-    #[error("The vhost-user session failed")]
-    Serve(#[source] DaemonError),
+    /// Building the daemon, installing the filter, accepting or serving the frontend.
+    #[error(transparent)]
+    Run(#[from] ServeError),
 }
 
 impl Error {
@@ -186,8 +170,8 @@ impl Error {
             | Error::Disk(disk::Error::Size(_)) => exit_code::BAD_FD,
             Error::Disk(disk::Error::IdTooLong(_)) => exit_code::USAGE,
             Error::Disk(disk::Error::Image(_) | disk::Error::MissingBacking(_)) => exit_code::IMAGE,
-            Error::Seccomp(_) => exit_code::SECCOMP,
-            Error::Daemon(_) | Error::Accept(_) | Error::Serve(_) => exit_code::SERVE,
+            Error::Run(ServeError::Seccomp(_)) => exit_code::SECCOMP,
+            Error::Run(_) => exit_code::SERVE,
         }
     }
 }
@@ -259,29 +243,27 @@ pub fn run(cfg: Config) -> Result<(), Error> {
         metrics.clone(),
         span.clone(),
     ));
-    let mut daemon = VhostUserDaemon::new(cfg.name.clone(), backend, mem)
-        .map_err(|e| Error::Daemon(DaemonError(e)))?;
+    let device = Device {
+        name: cfg.name.clone(),
+        backend,
+        mem,
+        listener,
+        profile: Profile::Block,
+        seccomp: cfg.seccomp,
+    };
+    ward_worker::serve(device, &Wiring { metrics })
+}
 
-    // Every thread exists now but the frontend's request thread, which inherits the filter.
-    ward_policy::seccomp::apply_to_process(Profile::Block, cfg.seccomp).map_err(Error::Seccomp)?;
-    info!("seccomp filter installed; waiting for the frontend");
+/// What the block device adds to the serve loop: nothing but its counters.
+struct Wiring {
+    metrics: Arc<Metrics>,
+}
 
-    let mut listener = Listener::from(listener);
-    daemon
-        .start(&mut listener)
-        .map_err(|e| Error::Accept(DaemonError(e)))?;
-    // One frontend per life: nobody else may connect.
-    drop(listener);
-    info!("frontend connected");
+impl Hooks<Arc<BlockBackend>> for Wiring {
+    type Error = Error;
 
-    let result = daemon.wait();
-    info!(metrics = %metrics.to_json(), "device stopped");
-    match result {
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(Error::Serve(DaemonError(e))),
+    fn metrics_json(&self) -> String {
+        self.metrics.to_json()
     }
 }
 

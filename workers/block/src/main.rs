@@ -5,13 +5,8 @@
 use std::os::fd::RawFd;
 
 use clap::Parser;
-use tracing::error;
 use ward_block::{exit_code, Config, ConfigError};
 use ward_ipc::core::SeccompMode;
-
-/// Default log filter. virtio-queue logs some guest-caused ring errors itself, without a rate
-/// limit; we count those ourselves (and log them rate-limited), so its own lines stay off.
-const DEFAULT_LOG: &str = "warn,virtio_queue=off";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,32 +72,13 @@ impl TryFrom<Args> for Config {
     }
 }
 
-/// The error and its causes, outermost first.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn main() {
-    ward_ipc::log::init(DEFAULT_LOG);
-    let code = match Config::try_from(Args::parse()) {
-        Err(e) => {
-            error!("{}", chain(&e));
-            exit_code::USAGE
-        }
-        Ok(cfg) => match ward_block::run(cfg) {
-            Ok(()) => exit_code::OK,
-            Err(e) => {
-                error!("{}", chain(&e));
-                e.exit_code()
-            }
-        },
-    };
-    std::process::exit(code);
+    ward_ipc::log::init(ward_worker::exit::DEFAULT_LOG);
+    let cfg = Config::try_from(Args::parse());
+    std::process::exit(ward_worker::exit::code(
+        cfg,
+        exit_code::USAGE,
+        ward_block::run,
+        ward_block::Error::exit_code,
+    ));
 }

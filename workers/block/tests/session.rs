@@ -10,17 +10,14 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::Worker;
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::VhostBackend;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
@@ -31,16 +28,14 @@ use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
 };
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use ward_worker::dev::{self, SplitRing};
 
-const PROTOCOL_FEATURES: u64 = 1 << 30;
 const QSIZE: u16 = 256;
 const MEM_SIZE: usize = 2 << 20;
-/// Queue layout in guest-physical memory.
+/// Queue layout in guest-physical memory: descriptors at 0, then the available ring at
+/// 0x1000 and the used ring at 0x2000.
 const DESC: u64 = 0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
 /// Request buffers.
 const HDR: u64 = 0x1_0000;
 const STATUS: u64 = 0x1_1000;
@@ -54,14 +49,10 @@ const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 
-/// The driver half of one split virtqueue, in memory shared with the worker.
+/// The driver half of the queue, in memory shared with the worker.
 struct Driver {
     mem: GuestMemoryMmap<()>,
-    kick: EventFd,
-    call: EventFd,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
+    ring: SplitRing,
 }
 
 /// One completed chain: its head and used length, and the status byte at `STATUS + head`.
@@ -72,78 +63,36 @@ struct Done {
 }
 
 impl Driver {
-    fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC + 16 * u64::from(index));
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-        self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-        self.mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
-    }
-
     /// Places a chain of (addr, len, flags) parts, linked in order; returns its head.
     fn chain(&mut self, parts: &[(u64, u32, u16)]) -> u16 {
-        let n = u16::try_from(parts.len()).unwrap();
-        if self.next_desc + n > QSIZE {
-            self.next_desc = 0;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, flags)) in parts.iter().enumerate() {
-            let idx = head + i as u16;
-            let last = i + 1 == parts.len();
-            let flags = if last { flags } else { flags | NEXT };
-            self.desc(idx, addr, len, flags, if last { 0 } else { idx + 1 });
-        }
-        self.next_desc += n;
-        self.publish(head);
-        head
+        self.ring.chain(&self.mem, parts)
     }
 
     /// Places descriptors exactly as given (index, addr, len, flags, next), publishes `head`.
     fn raw(&mut self, descs: &[(u16, u64, u32, u16, u16)], head: u16) {
         for &(i, addr, len, flags, next) in descs {
-            self.desc(i, addr, len, flags, next);
+            self.ring.desc(&self.mem, i, addr, len, flags, next);
         }
-        self.publish(head);
-    }
-
-    fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % QSIZE);
-        self.mem
-            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .store(self.avail_idx, GuestAddress(AVAIL + 2), Ordering::Release)
-            .unwrap();
+        self.ring.publish(&self.mem, head);
     }
 
     /// Asks for a signal at the next completion (EVENT_IDX), kicks, and waits until the device
     /// has used everything published.
     fn kick_and_wait(&mut self) -> Vec<Done> {
-        self.mem
-            .store(
-                self.used_seen,
-                GuestAddress(AVAIL + 4 + 2 * u64::from(QSIZE)),
-                Ordering::Release,
-            )
-            .unwrap();
-        self.kick.write(1).unwrap();
+        self.ring.kick(&self.mem);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut signalled = false;
         loop {
-            let used: u16 = self
-                .mem
-                .load(GuestAddress(USED + 2), Ordering::Acquire)
-                .unwrap();
-            if used == self.avail_idx && signalled {
+            let used = self.ring.used_idx(&self.mem);
+            if used == self.ring.avail_idx && signalled {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "device used {used} of {} chains (signalled: {signalled})",
-                self.avail_idx
+                self.ring.avail_idx
             );
-            match self.call.read() {
+            match self.ring.call.read() {
                 Ok(_) => signalled = true,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(1));
@@ -152,16 +101,12 @@ impl Driver {
             }
         }
         let mut done = Vec::new();
-        while self.used_seen != self.avail_idx {
-            let slot = u64::from(self.used_seen % QSIZE);
-            let elem = USED + 4 + 8 * slot;
-            let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+        while self.ring.used_seen != self.ring.avail_idx {
+            let (id, len) = self.ring.next_used(&self.mem);
             done.push(Done {
                 head: u16::try_from(id).unwrap(),
                 len,
             });
-            self.used_seen = self.used_seen.wrapping_add(1);
         }
         done
     }
@@ -190,63 +135,14 @@ fn connect(w: &Worker) -> (Frontend, Driver, u64, UnixStream) {
     let stream = UnixStream::connect(&w.socket).expect("connect");
     let raw = stream.try_clone().unwrap();
     let mut fe = Frontend::from_stream(stream, 1);
-    fe.set_owner().unwrap();
-    let features = fe.get_features().unwrap();
-    assert_ne!(features & PROTOCOL_FEATURES, 0);
-    let proto = fe.get_protocol_features().unwrap();
-    assert!(proto.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ));
-    fe.set_protocol_features(
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK,
-    )
-    .unwrap();
+    let features = dev::negotiate(&mut fe);
     assert_eq!(fe.get_queue_num().unwrap(), 1);
     fe.set_features(features).unwrap();
 
-    let memfd = common::memfd(c"guest-ram", MEM_SIZE as u64);
-    let fd = memfd.as_raw_fd();
-    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(memfd, 0)),
-    )])
-    .unwrap();
-    let region = mem.find_region(GuestAddress(0)).unwrap();
-    let host = region.as_ptr() as u64;
-    let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
-    assert_eq!(info.mmap_handle, fd);
-    fe.set_mem_table(&[info]).unwrap();
-
-    let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    fe.set_vring_num(0, QSIZE).unwrap();
-    fe.set_vring_addr(
-        0,
-        &VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: host + DESC,
-            used_ring_addr: host + USED,
-            avail_ring_addr: host + AVAIL,
-            log_addr: None,
-        },
-    )
-    .unwrap();
-    fe.set_vring_base(0, 0).unwrap();
-    fe.set_vring_call(0, &call).unwrap();
-    fe.set_vring_kick(0, &kick).unwrap();
-    fe.set_vring_enable(0, true).unwrap();
-    let driver = Driver {
-        mem,
-        kick,
-        call,
-        next_desc: 0,
-        avail_idx: 0,
-        used_seen: 0,
-    };
-    (fe, driver, features, raw)
+    let (mem, host) = dev::share_memory(&mut fe, MEM_SIZE);
+    let ring = SplitRing::new(DESC, QSIZE);
+    ring.start(&mut fe, 0, host);
+    (fe, Driver { mem, ring }, features, raw)
 }
 
 fn image() -> File {
@@ -300,21 +196,6 @@ fn raw_get_config(sock: &mut UnixStream, offset: u32, size: u32) -> (u32, Vec<u8
     sock.read_exact(&mut payload).unwrap();
     assert_eq!(word(4) as usize, payload.len());
     (word(4), payload)
-}
-
-/// Asserts the worker's threads all run under one seccomp filter (or none, for the twin).
-fn check_confinement(w: &Worker, enforced: bool) {
-    let threads = common::thread_seccomp(w.pid());
-    // Main thread, the vring thread, and the frontend's request thread.
-    assert!(threads.len() >= 3, "{threads:?}");
-    for (name, mode, filters) in &threads {
-        if enforced {
-            assert_eq!(mode, "2", "thread {name}: {threads:?}");
-            assert_eq!(filters, "1", "thread {name}: {threads:?}");
-        } else {
-            assert_eq!(mode, "0", "thread {name}: {threads:?}");
-        }
-    }
 }
 
 /// Valid I/O: GET_ID, write, read back, flush, an indirect chain; several chains per kick.
@@ -498,40 +379,30 @@ fn session(seccomp: &str) {
     assert_eq!((n, all.len()), (size, size as usize));
 
     valid_requests(&mut d, &img);
-    check_confinement(&w, seccomp == "enforce");
+    dev::assert_confined(w.pid(), seccomp == "enforce");
     malformed_requests(&mut d);
     // Still alive and still serving.
     valid_requests(&mut d, &img);
 
     // Stop the queue as a driver reset does: the device reports where it stopped.
     fe.set_vring_enable(0, false).unwrap();
-    assert_eq!(fe.get_vring_base(0).unwrap(), u32::from(d.avail_idx));
-    check_confinement(&w, seccomp == "enforce");
+    assert_eq!(fe.get_vring_base(0).unwrap(), u32::from(d.ring.avail_idx));
+    dev::assert_confined(w.pid(), seccomp == "enforce");
 
     // Disconnect: the worker's session ends and it exits.
     drop(fe);
     drop(raw);
-    let (st, log) = w.finish(Duration::from_secs(10));
-    let st = st.unwrap_or_else(|| panic!("worker did not exit; log:\n{log}"));
-    assert_ne!(
-        st.signal(),
-        Some(libc::SIGSYS),
-        "killed by seccomp: the policy lacks a syscall; log:\n{log}"
-    );
-    assert_eq!(st.code(), Some(0), "{st}; log:\n{log}");
+    let log = w.finish_clean();
     // The metrics dump counts what happened.
-    let line = log
-        .lines()
-        .find(|l| l.contains("device stopped"))
-        .unwrap_or_else(|| panic!("no metrics line; log:\n{log}"));
-    for counter in [
-        "\"writes\":2",
-        "\"flushes\":2",
-        "\"unsupported\":1",
-        "\"bad_chain\":3",
-    ] {
-        assert!(line.contains(counter), "{counter} in {line}");
-    }
+    dev::assert_counters(
+        &log,
+        &[
+            "\"writes\":2",
+            "\"flushes\":2",
+            "\"unsupported\":1",
+            "\"bad_chain\":3",
+        ],
+    );
 }
 
 #[test]

@@ -5,24 +5,11 @@ mod common;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
 
 use ward_block::exit_code;
 
 fn run(args: &[&str], fds: &[std::os::fd::BorrowedFd<'_>]) -> (Option<i32>, String) {
-    let (mut child, stderr) = common::spawn(args, fds, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ward-block {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), stderr.join().unwrap_or_default())
+    common::spawn(args, fds, &[]).exit_code()
 }
 
 const BASE: [&str; 6] = ["--socket-fd", "3", "--image-fd", "4", "--name", "vda"];
@@ -69,5 +56,4 @@ fn missing_or_wrong_descriptors_exit_3() {
     let (code, log) = run(&BASE, &[listener.as_fd(), ro.as_fd()]);
     assert_eq!(code, Some(exit_code::BAD_FD), "{log}");
     assert!(log.contains("read-only"), "{log}");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -17,9 +17,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use ward_worker::vring::{self, lock};
 
 use crate::clients::Clients;
 use crate::log::Log;
@@ -112,15 +111,11 @@ impl ConsoleBackend {
     }
 
     fn state(&self) -> MutexGuard<'_, Console> {
-        // A poisoned lock means a panic elsewhere (which aborts in release builds).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn memory(&self) -> GuestMemoryAtomic<GuestMem> {
-        match self.mem.lock() {
-            Ok(m) => m.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.mem).clone()
     }
 
     /// Handles one event of the vring thread's loop: a queue kick (or a queue coming up), the
@@ -227,13 +222,7 @@ impl VhostUserBackend for ConsoleBackend {
     /// out-of-range request gets a short (possibly empty) answer, which the library turns into
     /// an error reply.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_SIZE);
-        let end = start
-            .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
-            .min(CONFIG_SIZE);
-        self.config[start..end].to_vec()
+        vring::config_window(&self.config, offset, size)
     }
 
     /// Only `emerg_wr` is writable, and only with VIRTIO_CONSOLE_F_EMERG_WRITE, which we do
@@ -246,24 +235,13 @@ impl VhostUserBackend for ConsoleBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
-        match self.mem.lock() {
-            Ok(mut m) => *m = mem,
-            Err(p) => *p.into_inner() = mem,
-        }
+        *lock(&self.mem) = mem;
         Ok(())
     }
 
-    /// Lets the library stop the vring thread when the daemon is dropped. Called while the
-    /// daemon is built, before the seccomp filter is installed.
+    /// See [`vring::exit_event`].
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                let _g = self.span.enter();
-                warn!(error = %e, "cannot create the vring thread's exit event");
-                None
-            }
-        }
+        vring::exit_event(&self.span)
     }
 
     /// Never fails: an error would end the vring thread, and with it the device.

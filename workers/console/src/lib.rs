@@ -15,6 +15,9 @@
 //! 4. only then registers the attach listener (clients may attach before the frontend comes),
 //!    accepts the frontend's connection and serves it until it goes away.
 //!
+//! The daemon, the filter and the frontend (steps 2 to 4) go through [`ward_worker::serve()`],
+//! the serve loop all workers share.
+//!
 //! When the frontend disconnects the VM is gone: the process exits with status 0, which closes
 //! every client.
 //!
@@ -58,11 +61,11 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{fstat, SFlag};
 use tracing::{info, info_span};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::timerfd::TimerFd;
 use ward_policy::seccomp::{Profile, SeccompMode};
+use ward_worker::{Device, Hooks, ServeError};
 
 use crate::attach::Limits;
 use crate::backend::ConsoleBackend;
@@ -70,8 +73,7 @@ use crate::clients::Clients;
 use crate::metrics::Metrics;
 use crate::registry::HandlerRegistry;
 
-/// Guest memory as the worker maps it (no dirty-page tracking).
-pub type GuestMem = GuestMemoryMmap<()>;
+pub use ward_worker::GuestMem;
 
 /// Default `--log-max`: 1 MiB.
 pub const DEFAULT_LOG_MAX: u64 = 1 << 20;
@@ -148,18 +150,6 @@ impl Config {
     }
 }
 
-/// Carries a `vhost_user_backend::Error`, which does not implement `std::error::Error`.
-#[derive(Debug)]
-pub struct DaemonError(pub vhost_user_backend::Error);
-
-impl std::fmt::Display for DaemonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DaemonError {}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Descriptor {0} ({1}) is not open")]
@@ -178,16 +168,11 @@ pub enum Error {
     Blocking(#[source] std::io::Error),
     #[error("Cannot create the handshake timer")]
     Timer(#[source] std::io::Error),
-    #[error("Cannot create the vhost-user daemon")]
-    Daemon(#[source] DaemonError),
-    #[error("Cannot install the seccomp filter")]
-    Seccomp(#[source] ward_policy::seccomp::Error),
     #[error("Cannot watch the attach socket")]
     Attach(#[source] std::io::Error),
-    #[error("Cannot accept the frontend's connection")]
-    Accept(#[source] DaemonError),
-    #[error("The vhost-user session failed")]
-    Serve(#[source] DaemonError),
+    /// Building the daemon, installing the filter, accepting or serving the frontend.
+    #[error(transparent)]
+    Run(#[from] ServeError),
 }
 
 impl Error {
@@ -201,12 +186,8 @@ impl Error {
             | Error::NotReadWrite(..)
             | Error::Flags(..)
             | Error::Blocking(_) => exit_code::BAD_FD,
-            Error::Seccomp(_) => exit_code::SECCOMP,
-            Error::Timer(_)
-            | Error::Daemon(_)
-            | Error::Attach(_)
-            | Error::Accept(_)
-            | Error::Serve(_) => exit_code::SERVE,
+            Error::Run(ServeError::Seccomp(_)) => exit_code::SECCOMP,
+            Error::Timer(_) | Error::Attach(_) | Error::Run(_) => exit_code::SERVE,
         }
     }
 }
@@ -285,34 +266,41 @@ pub fn run(cfg: Config) -> Result<(), Error> {
         metrics.clone(),
         span.clone(),
     ));
-    let mut daemon = VhostUserDaemon::new(cfg.name.clone(), backend.clone(), mem)
-        .map_err(|e| Error::Daemon(DaemonError(e)))?;
-    for handler in daemon.get_epoll_handlers().iter().take(1) {
-        backend.set_registry(Box::new(HandlerRegistry(Arc::downgrade(handler))));
+    let device = Device {
+        name: cfg.name.clone(),
+        backend: backend.clone(),
+        mem,
+        listener,
+        profile: Profile::Console,
+        seccomp: cfg.seccomp,
+    };
+    ward_worker::serve(device, &Wiring { backend, metrics })
+}
+
+/// What the console adds to the serve loop: the vring thread's epoll for the backend before the
+/// filter, and the attach listener (clients may attach before the frontend comes) after it.
+struct Wiring {
+    backend: Arc<ConsoleBackend>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hooks<Arc<ConsoleBackend>> for Wiring {
+    type Error = Error;
+
+    fn daemon_built(&self, daemon: &VhostUserDaemon<Arc<ConsoleBackend>>) -> Result<(), Error> {
+        for handler in daemon.get_epoll_handlers().iter().take(1) {
+            self.backend
+                .set_registry(Box::new(HandlerRegistry(Arc::downgrade(handler))));
+        }
+        Ok(())
     }
 
-    // Every thread exists now but the frontend's request thread, which inherits the filter.
-    ward_policy::seccomp::apply_to_process(Profile::Console, cfg.seccomp)
-        .map_err(Error::Seccomp)?;
-    info!("seccomp filter installed; waiting for the frontend");
-    backend.start_clients().map_err(Error::Attach)?;
+    fn before_accept(&self) -> Result<(), Error> {
+        self.backend.start_clients().map_err(Error::Attach)
+    }
 
-    let mut listener = Listener::from(listener);
-    daemon
-        .start(&mut listener)
-        .map_err(|e| Error::Accept(DaemonError(e)))?;
-    // One frontend per life: nobody else may connect.
-    drop(listener);
-    info!("frontend connected");
-
-    let result = daemon.wait();
-    info!(metrics = %metrics.to_json(), "device stopped");
-    match result {
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(Error::Serve(DaemonError(e))),
+    fn metrics_json(&self) -> String {
+        self.metrics.to_json()
     }
 }
 

@@ -399,18 +399,11 @@ impl Ctx<'_> {
     }
 
     fn notify(&self, vring: &VringRwLock) {
-        match vring.needs_notification() {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = vring.signal_used_queue() {
-                    let n = Metrics::bump(&self.metrics.notify_errors);
-                    if should_log(n) {
-                        warn!(error = %e, count = n, "cannot signal the guest");
-                    }
-                }
-            }
-            Err(e) => self.ring_error("cannot read used_event", &e),
-        }
+        ward_worker::vring::notify(
+            vring,
+            &self.metrics.notify_errors,
+            &self.metrics.ring_errors,
+        );
     }
 
     fn fault(&self, fault: &Fault, head: u16, queue: &str) {
@@ -421,10 +414,7 @@ impl Ctx<'_> {
     }
 
     fn ring_error(&self, what: &str, e: &dyn std::fmt::Display) {
-        let n = Metrics::bump(&self.metrics.ring_errors);
-        if should_log(n) {
-            warn!(error = %e, count = n, "{what}");
-        }
+        ward_worker::vring::ring_error(&self.metrics.ring_errors, what, e);
     }
 }
 

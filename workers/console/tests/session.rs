@@ -10,24 +10,18 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::Worker;
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::VhostBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_WRITE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use ward_worker::dev::{self, SplitRing};
 
-const PROTOCOL_FEATURES: u64 = 1 << 30;
 const QSIZE: u16 = 64;
 const MEM_SIZE: usize = 2 << 20;
 const RX_BASE: u64 = 0;
@@ -39,73 +33,23 @@ const LOG_MAX: usize = 4096;
 
 const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 
 /// The driver half of one split virtqueue: descriptors at `base`, available ring at
 /// `base + 0x1000`, used ring at `base + 0x2000`.
 struct Queue {
     mem: GuestMemoryMmap<()>,
-    base: u64,
-    kick: EventFd,
-    call: EventFd,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
+    ring: SplitRing,
 }
 
 impl Queue {
-    fn avail(&self) -> u64 {
-        self.base + 0x1000
-    }
-
-    fn used(&self) -> u64 {
-        self.base + 0x2000
-    }
-
     /// Places a chain of (addr, len, flags) parts, linked in order, and publishes it.
     fn chain(&mut self, parts: &[(u64, u32, u16)]) -> u16 {
-        let n = u16::try_from(parts.len()).unwrap();
-        if self.next_desc + n > QSIZE {
-            self.next_desc = 0;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, flags)) in parts.iter().enumerate() {
-            let idx = head + i as u16;
-            let last = i + 1 == parts.len();
-            let at = GuestAddress(self.base + 16 * u64::from(idx));
-            self.mem.write_obj(addr, at).unwrap();
-            self.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-            let flags = if last { flags } else { flags | NEXT };
-            self.mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-            let next = if last { 0 } else { idx + 1 };
-            self.mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
-        }
-        self.next_desc += n;
-        let slot = u64::from(self.avail_idx % QSIZE);
-        self.mem
-            .write_obj(head, GuestAddress(self.avail() + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .store(
-                self.avail_idx,
-                GuestAddress(self.avail() + 2),
-                Ordering::Release,
-            )
-            .unwrap();
-        head
+        self.ring.chain(&self.mem, parts)
     }
 
     /// Asks for a signal at the next completion (EVENT_IDX) and kicks.
     fn kick(&self) {
-        self.mem
-            .store(
-                self.used_seen,
-                GuestAddress(self.avail() + 4 + 2 * u64::from(QSIZE)),
-                Ordering::Release,
-            )
-            .unwrap();
-        self.kick.write(1).unwrap();
+        self.ring.kick(&self.mem);
     }
 
     /// Waits until `n` more chains were used and the device signalled; returns them as
@@ -114,33 +58,21 @@ impl Queue {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut signalled = false;
         loop {
-            let used: u16 = self
-                .mem
-                .load(GuestAddress(self.used() + 2), Ordering::Acquire)
-                .unwrap();
-            if used.wrapping_sub(self.used_seen) >= n && signalled {
+            let used = self.ring.used_idx(&self.mem);
+            if used.wrapping_sub(self.ring.used_seen) >= n && signalled {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "device used {} of {n} chains (signalled: {signalled})",
-                used.wrapping_sub(self.used_seen)
+                used.wrapping_sub(self.ring.used_seen)
             );
-            match self.call.read() {
+            match self.ring.call.read() {
                 Ok(_) => signalled = true,
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
         }
-        (0..n)
-            .map(|_| {
-                let elem = self.used() + 4 + 8 * u64::from(self.used_seen % QSIZE);
-                self.used_seen = self.used_seen.wrapping_add(1);
-                (
-                    self.mem.read_obj(GuestAddress(elem)).unwrap(),
-                    self.mem.read_obj(GuestAddress(elem + 4)).unwrap(),
-                )
-            })
-            .collect()
+        (0..n).map(|_| self.ring.next_used(&self.mem)).collect()
     }
 
     fn bytes(&self, at: u64, len: usize) -> Vec<u8> {
@@ -154,20 +86,10 @@ impl Queue {
 fn connect(w: &Worker) -> (Frontend, Queue, Queue) {
     let stream = UnixStream::connect(&w.socket).expect("connect");
     let mut fe = Frontend::from_stream(stream, 2);
-    fe.set_owner().unwrap();
-    let features = fe.get_features().unwrap();
+    let features = dev::negotiate(&mut fe);
     for bit in [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX] {
         assert_ne!(features & (1 << bit), 0, "feature bit {bit}");
     }
-    assert_ne!(features & PROTOCOL_FEATURES, 0);
-    let proto = fe.get_protocol_features().unwrap();
-    assert!(proto.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ));
-    fe.set_protocol_features(
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK,
-    )
-    .unwrap();
     assert_eq!(fe.get_queue_num().unwrap(), 2);
     let (_, cfg) = fe
         .get_config(0, 12, VhostUserConfigFlags::WRITABLE, &[0; 12])
@@ -181,54 +103,15 @@ fn connect(w: &Worker) -> (Frontend, Queue, Queue) {
     assert_eq!(&cfg[0..4], &[0; 4], "no size");
     fe.set_features(features).unwrap();
 
-    let memfd = common::memfd(c"guest-ram");
-    memfd.set_len(MEM_SIZE as u64).unwrap();
-    let fd = memfd.as_raw_fd();
-    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(memfd, 0)),
-    )])
-    .unwrap();
-    let region = mem.find_region(GuestAddress(0)).unwrap();
-    let host = region.as_ptr() as u64;
-    let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
-    assert_eq!(info.mmap_handle, fd);
-    fe.set_mem_table(&[info]).unwrap();
-
-    let mut queues = Vec::new();
-    for (index, base) in [(0usize, RX_BASE), (1, TX_BASE)] {
-        let q = Queue {
+    let (mem, host) = dev::share_memory(&mut fe, MEM_SIZE);
+    let [rx, tx] = [(0usize, RX_BASE), (1, TX_BASE)].map(|(index, base)| {
+        let ring = SplitRing::new(base, QSIZE);
+        ring.start(&mut fe, index, host);
+        Queue {
             mem: mem.clone(),
-            base,
-            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        };
-        fe.set_vring_num(index, QSIZE).unwrap();
-        fe.set_vring_addr(
-            index,
-            &VringConfigData {
-                queue_max_size: QSIZE,
-                queue_size: QSIZE,
-                flags: 0,
-                desc_table_addr: host + base,
-                used_ring_addr: host + q.used(),
-                avail_ring_addr: host + q.avail(),
-                log_addr: None,
-            },
-        )
-        .unwrap();
-        fe.set_vring_base(index, 0).unwrap();
-        fe.set_vring_call(index, &q.call).unwrap();
-        fe.set_vring_kick(index, &q.kick).unwrap();
-        fe.set_vring_enable(index, true).unwrap();
-        queues.push(q);
-    }
-    let tx = queues.pop().unwrap();
-    let rx = queues.pop().unwrap();
+            ring,
+        }
+    });
     (fe, rx, tx)
 }
 
@@ -269,21 +152,6 @@ fn print(tx: &mut Queue, data: &[u8]) {
     assert_eq!(tx.wait_used(1), vec![(u32::from(head), 0)]);
 }
 
-/// Asserts the worker's threads all run under one seccomp filter (or none, for the twin).
-fn check_confinement(w: &Worker, enforced: bool) {
-    let threads = common::thread_seccomp(w.pid());
-    // Main thread, the vring thread, and the frontend's request thread.
-    assert!(threads.len() >= 3, "{threads:?}");
-    for (name, mode, filters) in &threads {
-        if enforced {
-            assert_eq!(mode, "2", "thread {name}: {threads:?}");
-            assert_eq!(filters, "1", "thread {name}: {threads:?}");
-        } else {
-            assert_eq!(mode, "0", "thread {name}: {threads:?}");
-        }
-    }
-}
-
 fn session(seccomp: &str) {
     let log_max = LOG_MAX.to_string();
     let mut w = Worker::start(&["--seccomp", seccomp, "--log-max", &log_max]);
@@ -295,7 +163,7 @@ fn session(seccomp: &str) {
     assert_eq!(answer, "ok\n");
 
     let (mut fe, mut rx, mut tx) = connect(&w);
-    check_confinement(&w, seccomp == "enforce");
+    dev::assert_confined(w.pid(), seccomp == "enforce");
     let mut printed = Vec::new();
 
     // Guest output reaches the client and the log.
@@ -377,46 +245,36 @@ fn session(seccomp: &str) {
 
     // Stop the queues as a driver reset does: the device reports where it stopped.
     fe.set_vring_enable(1, false).unwrap();
-    assert_eq!(fe.get_vring_base(1).unwrap(), u32::from(tx.avail_idx));
+    assert_eq!(fe.get_vring_base(1).unwrap(), u32::from(tx.ring.avail_idx));
     fe.set_vring_enable(0, false).unwrap();
     // Of the four receive buffers, one was used; the rest stay the driver's.
-    assert_eq!(fe.get_vring_base(0).unwrap(), u32::from(rx.used_seen));
-    assert_eq!(rx.used_seen, 1);
-    check_confinement(&w, seccomp == "enforce");
+    assert_eq!(fe.get_vring_base(0).unwrap(), u32::from(rx.ring.used_seen));
+    assert_eq!(rx.ring.used_seen, 1);
+    dev::assert_confined(w.pid(), seccomp == "enforce");
 
     // Disconnect: the worker exits, and the clients see the end of the stream.
     drop(fe);
-    let (st, log) = w.finish(Duration::from_secs(10));
-    let st = st.unwrap_or_else(|| panic!("worker did not exit; log:\n{log}"));
-    assert_ne!(
-        st.signal(),
-        Some(libc::SIGSYS),
-        "killed by seccomp: the policy lacks a syscall; log:\n{log}"
-    );
-    assert_eq!(st.code(), Some(0), "{st}; log:\n{log}");
+    let log = w.finish_clean();
     let mut end = Vec::new();
     (&second).read_to_end(&mut end).unwrap();
     assert!(end.is_empty());
-    let line = log
-        .lines()
-        .find(|l| l.contains("device stopped"))
-        .unwrap_or_else(|| panic!("no metrics line; log:\n{log}"));
-    for counter in [
-        "\"tx_chains\":47",
-        "\"rx_chains\":1",
-        "\"rx_bytes\":9",
-        "\"wrong_direction\":1",
-        "\"out_of_memory\":2",
-        "\"empty_chain\":1",
-        "\"too_long\":1",
-        "\"takeovers\":1",
-        "\"busy\":1",
-        "\"handshake_errors\":1",
-        "\"handshake_timeouts\":1",
-        "\"log_errors\":0",
-    ] {
-        assert!(line.contains(counter), "{counter} in {line}");
-    }
+    let line = dev::assert_counters(
+        &log,
+        &[
+            "\"tx_chains\":47",
+            "\"rx_chains\":1",
+            "\"rx_bytes\":9",
+            "\"wrong_direction\":1",
+            "\"out_of_memory\":2",
+            "\"empty_chain\":1",
+            "\"too_long\":1",
+            "\"takeovers\":1",
+            "\"busy\":1",
+            "\"handshake_errors\":1",
+            "\"handshake_timeouts\":1",
+            "\"log_errors\":0",
+        ],
+    );
     assert!(!line.contains("\"log_rotations\":0"), "{line}");
 }
 

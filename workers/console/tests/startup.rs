@@ -5,24 +5,11 @@ mod common;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::{Duration, Instant};
 
 use ward_console::exit_code;
 
 fn run(args: &[&str], fds: &[std::os::fd::BorrowedFd<'_>]) -> (Option<i32>, String) {
-    let (mut child, stderr) = common::spawn(args, fds);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ward-console {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), stderr.join().unwrap_or_default())
+    common::spawn(args, fds).exit_code()
 }
 
 const BASE: [&str; 10] = [
@@ -83,5 +70,4 @@ fn missing_or_wrong_descriptors_exit_3() {
     let (code, log_text) = run(&BASE, &fds);
     assert_eq!(code, Some(exit_code::BAD_FD), "{log_text}");
     assert!(log_text.contains("not a regular file"), "{log_text}");
-    let _ = std::fs::remove_dir_all(dir);
 }

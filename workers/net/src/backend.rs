@@ -18,7 +18,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -32,9 +32,8 @@ use virtio_bindings::virtio_net::{
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use ward_worker::vring::{self, lock};
 
 use crate::metrics::{should_log, Metrics};
 use crate::ring::{self, Ctx};
@@ -120,12 +119,6 @@ where
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere, which aborts the process in release builds; the
-    // state inside stays consistent between our own statements.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The data path's state, used by the vring thread (and by the frontend's thread when a queue
@@ -436,13 +429,7 @@ impl<T: TapIo> VhostUserBackend for NetBackend<T> {
     /// out-of-range request gets a short (possibly empty) answer, which the library turns into
     /// an error reply. The core reads all [`CONFIG_SIZE`] bytes at offset 0.
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_SIZE);
-        let end = start
-            .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
-            .min(CONFIG_SIZE);
-        self.config[start..end].to_vec()
+        vring::config_window(&self.config, offset, size)
     }
 
     /// No field is writable (no VIRTIO_NET_F_CTRL_MAC_ADDR; the MAC is the launcher's).
@@ -458,17 +445,9 @@ impl<T: TapIo> VhostUserBackend for NetBackend<T> {
         Ok(())
     }
 
-    /// Lets the library stop the vring thread when the daemon is dropped. Called while the
-    /// daemon is built, before the seccomp filter is installed.
+    /// See [`vring::exit_event`].
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                let _g = self.span.enter();
-                warn!(error = %e, "cannot create the vring thread's exit event");
-                None
-            }
-        }
+        vring::exit_event(&self.span)
     }
 
     fn handle_event(

@@ -14,6 +14,9 @@
 //! 4. only then accepts the frontend's connection and serves it until it goes away: no guest
 //!    data is read and no frame moves before the filter is in place.
 //!
+//! The daemon, the filter and the frontend (steps 2 to 4) go through [`ward_worker::serve()`],
+//! the serve loop all workers share.
+//!
 //! When the frontend disconnects the VM is gone: the process exits with status 0 and the
 //! launcher decides what comes next.
 //!
@@ -49,17 +52,16 @@ use std::sync::Arc;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use tracing::{info, info_span};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use ward_policy::seccomp::{Profile, SeccompMode};
+use ward_worker::{Device, Hooks, ServeError};
 
 use crate::backend::{EpollWatch, NetBackend};
 use crate::metrics::Metrics;
 use crate::tap::Tap;
 
-/// Guest memory as the worker maps it (no dirty-page tracking).
-pub type GuestMem = GuestMemoryMmap<()>;
+pub use ward_worker::GuestMem;
 
 /// Process exit codes.
 pub mod exit_code {
@@ -175,18 +177,6 @@ impl Config {
     }
 }
 
-/// Carries a `vhost_user_backend::Error`, which does not implement `std::error::Error`.
-#[derive(Debug)]
-pub struct DaemonError(pub vhost_user_backend::Error);
-
-impl std::fmt::Display for DaemonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DaemonError {}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Descriptor {0} ({1}) is not open")]
@@ -199,16 +189,11 @@ pub enum Error {
     Tap(RawFd, #[source] tap::Error),
     #[error("Cannot make the listening socket blocking")]
     Blocking(#[source] std::io::Error),
-    #[error("Cannot create the vhost-user daemon")]
-    Daemon(#[source] DaemonError),
     #[error("The vhost-user daemon has no vring thread")]
     NoVringThread,
-    #[error("Cannot install the seccomp filter")]
-    Seccomp(#[source] ward_policy::seccomp::Error),
-    #[error("Cannot accept the frontend's connection")]
-    Accept(#[source] DaemonError),
-    #[error("The vhost-user session failed")]
-    Serve(#[source] DaemonError),
+    /// Building the daemon, installing the filter, accepting or serving the frontend.
+    #[error(transparent)]
+    Run(#[from] ServeError),
 }
 
 impl Error {
@@ -220,10 +205,8 @@ impl Error {
             | Error::NotListening(_)
             | Error::Tap(..)
             | Error::Blocking(_) => exit_code::BAD_FD,
-            Error::Seccomp(_) => exit_code::SECCOMP,
-            Error::Daemon(_) | Error::NoVringThread | Error::Accept(_) | Error::Serve(_) => {
-                exit_code::SERVE
-            }
+            Error::Run(ServeError::Seccomp(_)) => exit_code::SECCOMP,
+            Error::NoVringThread | Error::Run(_) => exit_code::SERVE,
         }
     }
 }
@@ -282,38 +265,52 @@ pub fn run(cfg: Config) -> Result<(), Error> {
         metrics.clone(),
         span.clone(),
     ));
-    let mut daemon = VhostUserDaemon::new(cfg.name.clone(), backend.clone(), mem)
-        .map_err(|e| Error::Daemon(DaemonError(e)))?;
-    // One vring thread serves both queues (the default of `queues_per_thread`); the tap is
-    // registered in its epoll. The backend keeps the tap open as long as the handler lives.
-    let handler = daemon
-        .get_epoll_handlers()
-        .into_iter()
-        .next()
-        .ok_or(Error::NoVringThread)?;
-    backend.set_watch(Box::new(EpollWatch::new(Arc::downgrade(&handler), tap_fd)));
-    drop(handler);
+    let device = Device {
+        name: cfg.name.clone(),
+        backend: backend.clone(),
+        mem,
+        listener,
+        profile: Profile::Net,
+        seccomp: cfg.seccomp,
+    };
+    ward_worker::serve(
+        device,
+        &Wiring {
+            backend,
+            tap_fd,
+            metrics,
+        },
+    )
+}
 
-    // Every thread exists now but the frontend's request thread, which inherits the filter.
-    ward_policy::seccomp::apply_to_process(Profile::Net, cfg.seccomp).map_err(Error::Seccomp)?;
-    info!("seccomp filter installed; waiting for the frontend");
+/// What the network device adds to the serve loop: before the filter, the means to register
+/// the tap in the vring thread's epoll. No frame moves before the frontend is accepted.
+struct Wiring {
+    backend: Arc<NetBackend<Tap>>,
+    tap_fd: RawFd,
+    metrics: Arc<Metrics>,
+}
 
-    let mut listener = Listener::from(listener);
-    daemon
-        .start(&mut listener)
-        .map_err(|e| Error::Accept(DaemonError(e)))?;
-    // One frontend per life: nobody else may connect.
-    drop(listener);
-    info!("frontend connected");
+impl Hooks<Arc<NetBackend<Tap>>> for Wiring {
+    type Error = Error;
 
-    let result = daemon.wait();
-    info!(metrics = %metrics.to_json(), "device stopped");
-    match result {
+    /// One vring thread serves both queues (the default of `queues_per_thread`); the tap is
+    /// registered in its epoll. The backend keeps the tap open as long as the handler lives.
+    fn daemon_built(&self, daemon: &VhostUserDaemon<Arc<NetBackend<Tap>>>) -> Result<(), Error> {
+        let handler = daemon
+            .get_epoll_handlers()
+            .into_iter()
+            .next()
+            .ok_or(Error::NoVringThread)?;
+        self.backend.set_watch(Box::new(EpollWatch::new(
+            Arc::downgrade(&handler),
+            self.tap_fd,
+        )));
         Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(Error::Serve(DaemonError(e))),
+    }
+
+    fn metrics_json(&self) -> String {
+        self.metrics.to_json()
     }
 }
 

@@ -8,12 +8,11 @@
 use std::ops::Deref;
 use std::sync::atomic::Ordering;
 
-use tracing::warn;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::metrics::{should_log, Metrics};
+use crate::metrics::Metrics;
 use crate::GuestMem;
 
 /// Most descriptors one chain may have. Linux uses at most MAX_SKB_FRAGS + 2 per frame; an
@@ -176,18 +175,7 @@ pub fn complete(metrics: &Metrics, vring: &VringRwLock, head: u16, len: u32) {
 
 /// Signals the guest if it asked to be (EVENT_IDX) or always (without it).
 pub fn notify(metrics: &Metrics, vring: &VringRwLock) {
-    match vring.needs_notification() {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = vring.signal_used_queue() {
-                let n = Metrics::bump(&metrics.notify_errors);
-                if should_log(n) {
-                    warn!(error = %e, count = n, "cannot signal the guest");
-                }
-            }
-        }
-        Err(e) => ring_error(metrics, "cannot read used_event", &e),
-    }
+    ward_worker::vring::notify(vring, &metrics.notify_errors, &metrics.ring_errors);
 }
 
 /// After a queue ran out of work (EVENT_IDX only): turns notifications back on and says whether
@@ -215,8 +203,5 @@ pub fn rearm(
 }
 
 pub fn ring_error(metrics: &Metrics, what: &str, e: &dyn std::fmt::Display) {
-    let n = Metrics::bump(&metrics.ring_errors);
-    if should_log(n) {
-        warn!(error = %e, count = n, "{what}");
-    }
+    ward_worker::vring::ring_error(&metrics.ring_errors, what, e);
 }

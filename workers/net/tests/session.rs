@@ -15,23 +15,20 @@ mod common;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::ExitStatusExt;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::Netns;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::VhostBackend;
 use virtio_bindings::virtio_net::virtio_net_config;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use ward_net::backend::FEATURES;
 use ward_net::header::VnetHdr;
+use ward_worker::dev::{self, SplitRing};
 
-const PROTOCOL_FEATURES: u64 = 1 << 30;
 const QSIZE: u16 = 64;
 const MEM_SIZE: usize = 2 << 20;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
@@ -45,85 +42,25 @@ const TX_BUFS: u64 = 0x8_0000;
 
 const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 
-/// The driver half of one split virtqueue at `base` in memory shared with the worker.
-struct Queue {
-    base: u64,
-    kick: EventFd,
-    call: EventFd,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl Queue {
-    fn new(base: u64) -> Queue {
-        Queue {
-            base,
-            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
+/// Waits until the device used `n` more chains of `q`; returns them (head, length).
+fn wait_used(q: &mut SplitRing, mem: &GuestMemoryMmap<()>, n: usize) -> Vec<(u16, u32)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while out.len() < n {
+        if q.used_idx(mem) == q.used_seen {
+            assert!(
+                Instant::now() < deadline,
+                "device used {} of {n}",
+                out.len()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
         }
+        let (id, len) = q.next_used(mem);
+        out.push((u16::try_from(id).unwrap(), len));
     }
-
-    fn chain(&mut self, mem: &GuestMemoryMmap<()>, parts: &[(u64, u32, u16)]) -> u16 {
-        let n = u16::try_from(parts.len()).unwrap();
-        if self.next_desc + n > QSIZE {
-            self.next_desc = 0;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, flags)) in parts.iter().enumerate() {
-            let idx = head + i as u16;
-            let last = i + 1 == parts.len();
-            let at = GuestAddress(self.base + 16 * u64::from(idx));
-            mem.write_obj(addr, at).unwrap();
-            mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-            mem.write_obj(
-                if last { flags } else { flags | NEXT },
-                GuestAddress(at.0 + 12),
-            )
-            .unwrap();
-            mem.write_obj(if last { 0 } else { idx + 1 }, GuestAddress(at.0 + 14))
-                .unwrap();
-        }
-        self.next_desc += n;
-        let avail = self.base + 0x1000;
-        let slot = u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(avail + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.store(self.avail_idx, GuestAddress(avail + 2), Ordering::Release)
-            .unwrap();
-        head
-    }
-
-    /// Waits until the device used `n` more chains; returns them (head, length).
-    fn wait_used(&mut self, mem: &GuestMemoryMmap<()>, n: usize) -> Vec<(u16, u32)> {
-        let used = self.base + 0x2000;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut out = Vec::new();
-        while out.len() < n {
-            let idx: u16 = mem.load(GuestAddress(used + 2), Ordering::Acquire).unwrap();
-            if idx == self.used_seen {
-                assert!(
-                    Instant::now() < deadline,
-                    "device used {} of {n}",
-                    out.len()
-                );
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
-            }
-            let elem = used + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = mem.read_obj(GuestAddress(elem)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(elem + 4)).unwrap();
-            out.push((u16::try_from(id).unwrap(), len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
+    out
 }
 
 /// The namespace with a tap in it, up, and a packet socket bound to the tap.
@@ -204,7 +141,7 @@ fn session(seccomp: &str) {
         return;
     };
     let (tap, sock) = network(&ns);
-    let dir = common::TempDir::new("session");
+    let dir = common::temp_dir("session");
     let path = dir.join("net0.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let args = [
@@ -221,7 +158,7 @@ fn session(seccomp: &str) {
         "--seccomp",
         seccomp,
     ];
-    let mut worker = common::Worker::spawn(
+    let mut worker = common::spawn(
         &args,
         &[listener.as_fd(), tap.as_fd()],
         &[("WARD_LOG", "debug")],
@@ -232,17 +169,8 @@ fn session(seccomp: &str) {
     // filter must allow).
     let stream = UnixStream::connect(&path).unwrap();
     let mut fe = Frontend::from_stream(stream, 2);
-    fe.set_owner().unwrap();
-    let features = fe.get_features().unwrap();
-    assert_eq!(features, FEATURES | PROTOCOL_FEATURES);
-    let proto = fe.get_protocol_features().unwrap();
-    assert!(proto.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ));
-    fe.set_protocol_features(
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK,
-    )
-    .unwrap();
+    let features = dev::negotiate(&mut fe);
+    assert_eq!(features, FEATURES | dev::PROTOCOL_FEATURES);
     assert_eq!(fe.get_queue_num().unwrap(), 2);
     fe.set_features(features).unwrap();
 
@@ -257,39 +185,11 @@ fn session(seccomp: &str) {
     assert_eq!(cfg[6..12], [1, 0, 1, 0, 0x78, 0x05]); // LINK_UP, 1 pair, MTU 1400
 
     // Guest memory and both queues.
-    let memfd = common::memfd(c"guest-ram", MEM_SIZE as u64);
-    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(memfd, 0)),
-    )])
-    .unwrap();
-    let region = mem.find_region(GuestAddress(0)).unwrap();
-    let host = region.as_ptr() as u64;
-    fe.set_mem_table(&[VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()])
-        .unwrap();
-    let mut rxq = Queue::new(0);
-    let mut txq = Queue::new(0x3000);
-    for (i, q) in [&rxq, &txq].into_iter().enumerate() {
-        fe.set_vring_num(i, QSIZE).unwrap();
-        fe.set_vring_addr(
-            i,
-            &VringConfigData {
-                queue_max_size: QSIZE,
-                queue_size: QSIZE,
-                flags: 0,
-                desc_table_addr: host + q.base,
-                avail_ring_addr: host + q.base + 0x1000,
-                used_ring_addr: host + q.base + 0x2000,
-                log_addr: None,
-            },
-        )
-        .unwrap();
-        fe.set_vring_base(i, 0).unwrap();
-        fe.set_vring_call(i, &q.call).unwrap();
-        fe.set_vring_kick(i, &q.kick).unwrap();
-        fe.set_vring_enable(i, true).unwrap();
-    }
+    let (mem, host) = dev::share_memory(&mut fe, MEM_SIZE);
+    let mut rxq = SplitRing::new(0, QSIZE);
+    let mut txq = SplitRing::new(0x3000, QSIZE);
+    rxq.start(&mut fe, 0, host);
+    txq.start(&mut fe, 1, host);
 
     // Transmit: a frame with a header the device must refuse (DATA_VALID is a receive flag),
     // then a good one. Only the good one reaches the namespace, byte for byte.
@@ -322,7 +222,7 @@ fn session(seccomp: &str) {
         ],
     );
     txq.kick.write(1).unwrap();
-    assert_eq!(txq.wait_used(&mem, 2), vec![(hb, 0), (hg, 0)]);
+    assert_eq!(wait_used(&mut txq, &mem, 2), vec![(hb, 0), (hg, 0)]);
     let earlier = capture(&sock, &good);
     assert!(!earlier.contains(&bad), "the refused frame reached the tap");
 
@@ -342,7 +242,7 @@ fn session(seccomp: &str) {
     // test's frame is among the first few.
     let mut rx_used: u32 = 0;
     loop {
-        let (head, len) = rxq.wait_used(&mem, 1)[0];
+        let (head, len) = wait_used(&mut rxq, &mem, 1)[0];
         rx_used += 1;
         let i = heads
             .iter()
@@ -363,48 +263,26 @@ fn session(seccomp: &str) {
     }
 
     // Every thread (main, vring thread, the frontend's request thread) is confined.
-    let threads = common::thread_seccomp(worker.child.id());
-    assert!(threads.len() >= 3, "{threads:?}");
-    for (name, mode, filters) in &threads {
-        if seccomp == "enforce" {
-            assert_eq!(
-                (mode.as_str(), filters.as_str()),
-                ("2", "1"),
-                "thread {name}"
-            );
-        } else {
-            assert_eq!(mode, "0", "thread {name}");
-        }
-    }
+    dev::assert_confined(worker.pid(), seccomp == "enforce");
 
     // Stop the receive queue as a driver reset does, then disconnect: the worker exits.
     fe.set_vring_enable(0, false).unwrap();
     assert_eq!(fe.get_vring_base(0).unwrap(), rx_used);
     drop(fe);
-    let (st, log) = worker.finish(Duration::from_secs(10));
-    let st = st.unwrap_or_else(|| panic!("worker did not exit; log:\n{log}"));
-    assert_ne!(
-        st.signal(),
-        Some(libc::SIGSYS),
-        "killed by seccomp: the policy lacks a syscall; log:\n{log}"
-    );
-    assert_eq!(st.code(), Some(0), "{st}; log:\n{log}");
+    let log = worker.finish_clean();
     // TUNSETOFFLOAD went through the filter and the kernel took it.
     assert!(log.contains("tap offloads set"), "log:\n{log}");
     assert!(!log.contains("TUNSETOFFLOAD failed"), "log:\n{log}");
-    let line = log
-        .lines()
-        .find(|l| l.contains("device stopped"))
-        .unwrap_or_else(|| panic!("no metrics line; log:\n{log}"));
     let rx_frames = format!("\"rx_frames\":{rx_used},");
-    for counter in [
-        "\"tx_frames\":1,",
-        "\"tx_bad_flags\":1,",
-        &rx_frames,
-        "\"offload_errors\":0,",
-    ] {
-        assert!(line.contains(counter), "{counter} in {line}");
-    }
+    dev::assert_counters(
+        &log,
+        &[
+            "\"tx_frames\":1,",
+            "\"tx_bad_flags\":1,",
+            &rx_frames,
+            "\"offload_errors\":0,",
+        ],
+    );
 }
 
 #[test]

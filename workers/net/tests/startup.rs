@@ -5,15 +5,12 @@ mod common;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
 
 use common::Netns;
 use ward_net::exit_code;
 
 fn run(args: &[&str], fds: &[BorrowedFd<'_>]) -> (Option<i32>, String) {
-    let (st, log) = common::Worker::spawn(args, fds, &[]).finish(Duration::from_secs(10));
-    let st = st.unwrap_or_else(|| panic!("ward-net {args:?} did not exit; log:\n{log}"));
-    (st.code(), log)
+    common::spawn(args, fds, &[]).exit_code()
 }
 
 const BASE: [&str; 8] = [
@@ -94,10 +91,10 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn missing_or_wrong_descriptors_exit_3() {
-    let dir = common::TempDir::new("startup");
+    let dir = common::temp_dir("startup");
     let listener = UnixListener::bind(dir.join("s")).unwrap();
     let (a, _b) = UnixStream::pair().unwrap();
-    let file = common::memfd(c"not-a-tap", 0);
+    let file = ward_worker::dev::memfd(c"not-a-tap", 0);
 
     // Nothing at 3 and 4.
     let (code, log) = run(&BASE, &[]);
@@ -120,7 +117,7 @@ fn a_tap_without_the_vnet_header_exits_3() {
     let Some(ns) = Netns::create("a_tap_without_the_vnet_header_exits_3") else {
         return;
     };
-    let dir = common::TempDir::new("startup-tap");
+    let dir = common::temp_dir("startup-tap");
     let listener = UnixListener::bind(dir.join("s")).unwrap();
     let fd = ns.run(|| ward_net::tap::open_tap("wardtap2").expect("open_tap"));
     let ten: libc::c_int = 10;

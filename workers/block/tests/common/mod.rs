@@ -4,95 +4,31 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use nix::fcntl::{fcntl, FcntlArg};
+pub use ward_worker::dev::{memfd, Process, TempDir};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ward-block");
 
-/// A fresh directory for one test's socket.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "ward-block-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A fresh directory for one test's socket, removed when dropped.
+pub fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new("ward-block", tag)
 }
 
-pub fn memfd(name: &std::ffi::CStr, len: u64) -> File {
-    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::empty())
-        .expect("memfd_create");
-    let f = File::from(fd);
-    f.set_len(len).expect("set_len");
-    f
+/// Starts `ward-block` with `fds` at 3, 4, … and `args`.
+pub fn spawn(args: &[&str], fds: &[BorrowedFd<'_>], env: &[(&str, &str)]) -> Process {
+    Process::spawn(BIN, args, fds, env)
 }
 
-/// A running (or finished) worker, its stderr collected in the background.
+/// A worker serving an image on a fresh listening socket; killed when dropped if it is still
+/// running.
 pub struct Worker {
-    pub child: Child,
-    stderr: Option<JoinHandle<String>>,
-    dir: PathBuf,
+    process: Process,
     pub socket: PathBuf,
-}
-
-/// Starts `ward-block` with `fds` at 3, 4, … and `args`. Returns once it is running.
-pub fn spawn(
-    args: &[&str],
-    fds: &[BorrowedFd<'_>],
-    env: &[(&str, &str)],
-) -> (Child, JoinHandle<String>) {
-    // Copies above any number the child will use, so placing them at 3, 4, … never overwrites
-    // one still to be placed. dup2 in the child clears close-on-exec on the target.
-    let high: Vec<OwnedFd> = fds
-        .iter()
-        .map(|fd| {
-            let n = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(100)).expect("dup");
-            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that we now own.
-            unsafe { OwnedFd::from_raw_fd(n) }
-        })
-        .collect();
-    let raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    // SAFETY: runs between fork and exec and only calls dup2, which is async-signal-safe, on
-    // descriptors that are open in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, fd) in raw.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as RawFd) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn ward-block");
-    drop(high);
-    let mut err = child.stderr.take().expect("stderr pipe");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    (child, reader)
+    _dir: TempDir,
 }
 
 impl Worker {
@@ -103,81 +39,26 @@ impl Worker {
         let listener = UnixListener::bind(&socket).expect("bind");
         let mut args = vec!["--socket-fd", "3", "--image-fd", "4", "--name", "vda"];
         args.extend_from_slice(extra);
-        let fds = [
-            std::os::fd::AsFd::as_fd(&listener),
-            std::os::fd::AsFd::as_fd(image),
-        ];
-        let (child, reader) = spawn(&args, &fds, &[("WARD_LOG", "debug")]);
+        let fds = [listener.as_fd(), image.as_fd()];
+        let process = spawn(&args, &fds, &[("WARD_LOG", "debug")]);
         Worker {
-            child,
-            stderr: Some(reader),
-            dir,
+            process,
             socket,
+            _dir: dir,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits up to `timeout` for the worker to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return Some(st);
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits up to `timeout` for the worker to exit (killing it if it does not), and returns
-    /// how it exited (`None`: it had to be killed) and everything it wrote to stderr.
-    pub fn finish(&mut self, timeout: Duration) -> (Option<ExitStatus>, String) {
-        let st = self.wait_exit(timeout);
-        if st.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let log = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        (st, log)
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl Deref for Worker {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 
-/// `Seccomp:` and `Seccomp_filters:` of every thread of `pid`, with the thread's name.
-pub fn thread_seccomp(pid: u32) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read task dir");
-    for t in tasks {
-        let path = t.expect("task entry").path().join("status");
-        let Ok(status) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:"), field("Seccomp_filters:")));
+impl DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
-    out
 }

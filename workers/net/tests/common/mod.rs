@@ -6,16 +6,10 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::fd::BorrowedFd;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use nix::fcntl::{fcntl, FcntlArg};
 use nix::sched::CloneFlags;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ward-net");
@@ -98,155 +92,15 @@ impl Drop for Netns {
     }
 }
 
+pub use ward_worker::dev::{Process, TempDir};
+
 /// A fresh directory for one test's socket, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ward-net-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
+pub fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new("ward-net", tag)
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn memfd(name: &std::ffi::CStr, len: u64) -> File {
-    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::empty())
-        .expect("memfd_create");
-    let f = File::from(fd);
-    f.set_len(len).expect("set_len");
-    f
-}
-
-/// A running (or finished) worker, its stderr collected in the background; killed when
-/// dropped if it is still running (a failing test must not leave it waiting in accept).
-pub struct Worker {
-    pub child: Child,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Worker {
-    /// Starts `ward-net` with `fds` at 3, 4, … and `args`.
-    pub fn spawn(args: &[&str], fds: &[BorrowedFd<'_>], env: &[(&str, &str)]) -> Worker {
-        let (child, stderr) = spawn(args, fds, env);
-        Worker {
-            child,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Waits up to `timeout` for the worker to exit (killing it if it does not); returns how
-    /// it exited (`None`: it had to be killed) and its stderr.
-    pub fn finish(&mut self, timeout: Duration) -> (Option<ExitStatus>, String) {
-        let end = Instant::now() + timeout;
-        let st = loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                break Some(st);
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let log = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        (st, log)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn spawn(
-    args: &[&str],
-    fds: &[BorrowedFd<'_>],
-    env: &[(&str, &str)],
-) -> (Child, JoinHandle<String>) {
-    // Copies above any number the child will use, so placing them at 3, 4, … never overwrites
-    // one still to be placed. dup2 in the child clears close-on-exec on the target.
-    let high: Vec<OwnedFd> = fds
-        .iter()
-        .map(|fd| {
-            let n = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(100)).expect("dup");
-            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor that we now own.
-            unsafe { OwnedFd::from_raw_fd(n) }
-        })
-        .collect();
-    let raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    // SAFETY: runs between fork and exec and only calls dup2, which is async-signal-safe, on
-    // descriptors that are open in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, fd) in raw.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as RawFd) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn ward-net");
-    drop(high);
-    let mut err = child.stderr.take().expect("stderr pipe");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    (child, reader)
-}
-
-/// `Seccomp:` and `Seccomp_filters:` of every thread of `pid`, with the thread's name.
-pub fn thread_seccomp(pid: u32) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read task dir");
-    for t in tasks {
-        let path = t.expect("task entry").path().join("status");
-        let Ok(status) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        out.push((field("Name:"), field("Seccomp:"), field("Seccomp_filters:")));
-    }
-    out
+/// Starts `ward-net` with `fds` at 3, 4, … and `args`; killed when dropped if it is still
+/// running (a failing test must not leave it waiting in accept).
+pub fn spawn(args: &[&str], fds: &[BorrowedFd<'_>], env: &[(&str, &str)]) -> Process {
+    Process::spawn(BIN, args, fds, env)
 }

@@ -1,0 +1,84 @@
+//! The part of every worker's `main` after the command line became a `Config` (or failed to):
+//! log the error with its causes, and turn the outcome into the process's exit code.
+
+use std::error::Error;
+
+use tracing::error;
+
+/// Default log filter. virtio-queue logs some guest-caused ring errors itself, without a rate
+/// limit; the workers count those themselves (and log them rate-limited), so its own lines
+/// stay off.
+pub const DEFAULT_LOG: &str = "warn,virtio_queue=off";
+
+/// The exit code of a worker whose frontend disconnected (the VM is gone).
+pub const OK: i32 = 0;
+
+/// The error and its causes, outermost first, separated by `": "`.
+pub fn chain(e: &dyn Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs a worker and returns its exit code: `usage` for an invalid configuration, [`OK`] when
+/// `run` returns `Ok`, and `exit_code` of the error otherwise. Either error is logged first
+/// (at error level, with its causes).
+pub fn code<C, CE, E>(
+    config: Result<C, CE>,
+    usage: i32,
+    run: impl FnOnce(C) -> Result<(), E>,
+    exit_code: impl FnOnce(&E) -> i32,
+) -> i32
+where
+    CE: Error,
+    E: Error,
+{
+    match config {
+        Err(e) => {
+            error!("{}", chain(&e));
+            usage
+        }
+        Ok(cfg) => match run(cfg) {
+            Ok(()) => OK,
+            Err(e) => {
+                error!("{}", chain(&e));
+                exit_code(&e)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("Cannot start")]
+        Start(#[source] std::io::Error),
+        #[error("Bad config")]
+        Config,
+    }
+
+    #[test]
+    fn chain_lists_causes_outermost_first() {
+        let e = Outer::Start(std::io::Error::other("no luck"));
+        assert_eq!(chain(&e), "Cannot start: no luck");
+        assert_eq!(chain(&Outer::Config), "Bad config");
+    }
+
+    #[test]
+    fn codes() {
+        let ok: Result<u8, Outer> = Ok(1);
+        assert_eq!(code(ok, 2, |_| Ok::<(), Outer>(()), |_| 9), OK);
+        let bad: Result<u8, Outer> = Err(Outer::Config);
+        assert_eq!(code(bad, 2, |_| Ok::<(), Outer>(()), |_| 9), 2);
+        let failing: Result<u8, Outer> = Ok(1);
+        assert_eq!(code(failing, 2, |_| Err(Outer::Config), |_| 9), 9);
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds release binaries and runs ward against QEMU side by side; prints a Markdown report.
-#   bench/run.sh [--runs N] [--burst N] [--linux-runs N] [--no-linux]
+#   bench/run.sh [--runs N] [--burst N] [--linux-runs N] [--no-linux] [--no-probe] [--no-net]
+#                [--no-probe-net] [--no-linux-boot] [--net-frames N] [--net-mib N] [--convert-mib N]
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"

@@ -8,6 +8,16 @@ use std::time::Duration;
 
 use crate::measure::{self, median};
 
+/// QEMU's firmware files for microvm, and where they go in the nested machine.
+const QEMU_FILES: [(&str, &str); 3] = [
+    ("/usr/share/qemu/qboot.rom", "/ward/qemu/bios-microvm.bin"),
+    (
+        "/usr/share/qemu/linuxboot_dma.bin",
+        "/ward/qemu/linuxboot_dma.bin",
+    ),
+    ("/usr/share/qemu/kvmvapic.bin", "/ward/qemu/kvmvapic.bin"),
+];
+
 const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
 /// Paths as seen where the VMs run.
@@ -125,14 +135,7 @@ pub fn nested(bin_dir: &Path, runs: usize, tmp: &Path) -> anyhow::Result<String>
         c.arg("--bin").arg(bin_dir.join(b));
     }
     c.arg("--bin").arg(&qemu);
-    for (src, dest) in [
-        ("/usr/share/qemu/qboot.rom", "/ward/qemu/bios-microvm.bin"),
-        (
-            "/usr/share/qemu/linuxboot_dma.bin",
-            "/ward/qemu/linuxboot_dma.bin",
-        ),
-        ("/usr/share/qemu/kvmvapic.bin", "/ward/qemu/kvmvapic.bin"),
-    ] {
+    for (src, dest) in QEMU_FILES {
         c.arg("--file").arg(format!("{src}:{dest}"));
     }
     c.arg("--file")
@@ -204,4 +207,112 @@ fn report(out: &str, runs: usize) -> String {
     }
     t += &format!("\n{runs} runs each, interleaved.\n");
     t
+}
+
+/// TCP throughput of the Linux guest, ward against QEMU virtio-net vhost=off, with busybox nc
+/// at both ends (`bench/linux-net.sh`): inside the nested machine on a PVM host, directly
+/// otherwise. `mib` MiB per transfer, each way.
+pub fn net(bin_dir: &Path, runs: usize, mib: u64, tmp: &Path) -> anyhow::Result<String> {
+    let (kernel, initrd) = ward_tests::linux_guest();
+    let script = ward_tests::repo().join("bench/linux-net.sh");
+    let qemu = which("qemu-system-x86_64")?;
+    let out = if ward_tests::host_is_pvm() {
+        let mut c = Command::new("bash");
+        c.arg(ward_tests::repo().join("tests/nested/run-nested.sh"))
+            .args(["--timeout", "2400", "--mem", "3072"]);
+        for b in ["ward", "ward-vmm", "ward-net"] {
+            c.arg("--bin").arg(bin_dir.join(b));
+        }
+        c.arg("--bin").arg(&qemu);
+        for (src, dest) in QEMU_FILES {
+            c.arg("--file").arg(format!("{src}:{dest}"));
+        }
+        for f in [&kernel, &initrd] {
+            c.arg("--file").arg(format!("{}:/ward/guest/", f.display()));
+        }
+        for e in [
+            "GUEST_DIR=/ward/guest".to_string(),
+            "SCRATCH=/tmp".to_string(),
+            format!("RUNS={runs}"),
+            format!("MIB={mib}"),
+            "QEMU=/ward/bin/qemu-system-x86_64".to_string(),
+            "QEMU_DATA=/ward/qemu".to_string(),
+        ] {
+            c.arg("--env").arg(e);
+        }
+        c.arg("--script").arg(&script);
+        c.output()?
+    } else {
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("sh")
+            .arg(&script)
+            .env("PATH", path)
+            .env("GUEST_DIR", kernel.parent().expect("guest dir"))
+            .env("SCRATCH", tmp)
+            .env("XDG_RUNTIME_DIR", tmp)
+            .env("RUNS", runs.to_string())
+            .env("MIB", mib.to_string())
+            .env("QEMU", &qemu)
+            .output()?
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        anyhow::bail!("Linux network benchmark failed ({}):\n{text}", out.status);
+    }
+    net_report(&text, runs, mib)
+}
+
+/// MiB/s of every complete transfer of `vmm` in direction `dir`.
+fn net_rates(out: &str, vmm: &str, dir: &str) -> Vec<f64> {
+    let tag = format!("NETBENCH vmm={vmm} dir={dir} ");
+    out.lines()
+        .filter_map(|l| l.find(&tag).map(|i| &l[i..]))
+        .filter(|l| l.contains(" rc=0"))
+        .filter_map(|l| {
+            let get = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            let (bytes, secs) = (get("bytes=")?, get("secs=")?);
+            (secs > 0.0).then(|| bytes / secs / f64::from(1 << 20))
+        })
+        .collect()
+}
+
+fn net_report(out: &str, runs: usize, mib: u64) -> anyhow::Result<String> {
+    let mut t = String::from(
+        "| Linux guest, 1 vCPU, 256 MiB, virtio-net on a TAP, TCP with busybox nc | ward: median \
+         (min–max) | QEMU vhost=off: median (min–max) | ward/QEMU | target |\n\
+         |---|---|---|---|---|\n",
+    );
+    for (what, dir) in [("guest → host", "g2h"), ("host → guest", "h2g")] {
+        let (w, q) = (net_rates(out, "ward", dir), net_rates(out, "qemu", dir));
+        anyhow::ensure!(
+            !w.is_empty() && !q.is_empty(),
+            "no complete {dir} transfers:\n{out}"
+        );
+        let range = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{lo:.1}–{hi:.1}")
+        };
+        let (mw, mq) = (median(w.clone()), median(q.clone()));
+        let ratio = mw / mq;
+        t += &format!(
+            "| {what}, {mib} MiB | {mw:.1} MiB/s ({}, n={}) | {mq:.1} MiB/s ({}, n={}) | \
+             {ratio:.2} | {} |\n",
+            range(&w),
+            w.len(),
+            range(&q),
+            q.len(),
+            if ratio >= 1.0 { "met" } else { "missed" }
+        );
+    }
+    t += &format!("\n{runs} runs each, interleaved.\n");
+    Ok(t)
 }

@@ -5,6 +5,7 @@
 mod convert;
 mod linux;
 mod measure;
+mod net;
 mod probe;
 
 use std::path::PathBuf;
@@ -27,9 +28,25 @@ struct Args {
     /// Skip the Linux guest benchmark.
     #[arg(long)]
     no_linux: bool,
-    /// Skip the probe guest benchmark.
+    /// Skip the probe guest's network benchmark (the Linux one still runs).
+    #[arg(long)]
+    no_probe_net: bool,
+    /// Skip the Linux guest's boot benchmark (its network benchmark still runs).
+    #[arg(long)]
+    no_linux_boot: bool,
+    /// Skip the probe guest's start-up and block benchmarks.
     #[arg(long)]
     no_probe: bool,
+    /// Skip both network benchmarks (probe and Linux guest; ward-net against QEMU vhost=off).
+    #[arg(long)]
+    no_net: bool,
+    /// MiB per TCP transfer of the Linux network benchmark (part of the Linux benchmark unless
+    /// --no-net).
+    #[arg(long, default_value_t = 32)]
+    net_mib: u64,
+    /// Datagrams per network burst, each way.
+    #[arg(long, default_value_t = 3000)]
+    net_frames: u64,
     /// Size in MiB of the image for the convert benchmark (0: skip it).
     #[arg(long, default_value_t = 2048)]
     convert_mib: u64,
@@ -94,6 +111,18 @@ fn main() -> anyhow::Result<()> {
         println!("{}", probe::report_raw(&setup, &results));
         println!("{}", probe::report_qcow2(&setup, &results));
     }
+    if !args.no_net && !args.no_probe_net {
+        let net = net::Setup {
+            bin_dir: bin_dir.clone(),
+            probe: setup.probe.clone(),
+            dir: tmp.0.clone(),
+            runs: args.runs,
+            frames: args.net_frames,
+            tsc_khz: setup.tsc_khz,
+        };
+        let results = net::run(&net)?;
+        println!("{}", net::report(&net, &results));
+    }
     if args.convert_mib > 0 {
         println!(
             "{}",
@@ -106,13 +135,23 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if !args.no_linux {
-        let report = if ward_tests::host_is_pvm() {
+        if ward_tests::host_is_pvm() {
             println!("Linux guest: inside the nested machine (this host's KVM is PVM).\n");
-            linux::nested(&bin_dir, args.linux_runs, &tmp.0)?
-        } else {
-            linux::direct(&bin_dir, args.linux_runs, &tmp.0)?
-        };
-        println!("{report}");
+        }
+        if !args.no_linux_boot {
+            let report = if ward_tests::host_is_pvm() {
+                linux::nested(&bin_dir, args.linux_runs, &tmp.0)?
+            } else {
+                linux::direct(&bin_dir, args.linux_runs, &tmp.0)?
+            };
+            println!("{report}");
+        }
+        if !args.no_net {
+            println!(
+                "{}",
+                linux::net(&bin_dir, args.linux_runs, args.net_mib, &tmp.0)?
+            );
+        }
     }
     Ok(())
 }

@@ -83,7 +83,16 @@ fn pss_kib(pid: u32) -> u64 {
 }
 
 /// Runs `cmd` (its stdout is the guest's serial console) to the end, within `timeout`.
-pub fn run(mut cmd: Command, timeout: Duration) -> anyhow::Result<Run> {
+pub fn run(cmd: Command, timeout: Duration) -> anyhow::Result<Run> {
+    run_notify(cmd, timeout, None)
+}
+
+/// [`run`], also sending every serial line to `notify` as it arrives.
+pub fn run_notify(
+    mut cmd: Command,
+    timeout: Duration,
+    notify: Option<std::sync::mpsc::Sender<String>>,
+) -> anyhow::Result<Run> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
@@ -96,9 +105,11 @@ pub fn run(mut cmd: Command, timeout: Duration) -> anyhow::Result<Run> {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            l2.lock()
-                .expect("lines lock")
-                .push((start.elapsed(), line.trim_end_matches('\r').to_string()));
+            let line = line.trim_end_matches('\r').to_string();
+            if let Some(n) = &notify {
+                let _ = n.send(line.clone());
+            }
+            l2.lock().expect("lines lock").push((start.elapsed(), line));
         }
     });
     let done = Arc::new(AtomicBool::new(false));

@@ -183,6 +183,8 @@ pub fn run_all(ctx: &Ctx) {
             b"net-send" => net::send(ctx, &sc),
             b"net-recv" => net::recv(ctx, &sc),
             b"net-echo" => net::echo(ctx, &sc),
+            b"net-blast" => net::blast(ctx, &sc),
+            b"net-sink" => net::sink(ctx, &sc),
             b"net-bad" => net::bad(ctx, &sc),
             _ => sc.fail("unknown-scenario"),
         }

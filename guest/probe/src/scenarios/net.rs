@@ -27,6 +27,15 @@
 //!   datagram back to where it came from, in place and unchecked:
 //!   `OK echoed=<N> bytes=<payload bytes>` or `FAIL timeout echoed=<n>`. With
 //!   N = 0 it echoes until nothing has arrived for timeout_ms, then prints OK.
+//! * `net-blast:DEV:N:LEN`: as net-send, for throughput: each datagram's
+//!   payload gets only the magic and its seq (the rest of the buffer is left
+//!   as it was), so the guest's own work per frame is small. `OK sent=<N>
+//!   bytes=<N*LEN> cycles=<TSC, first send to last completion> peer_mac=<mac>`.
+//! * `net-sink:DEV:N`: prints `waiting ...` as net-recv, then counts datagrams
+//!   for us, unchecked (send them with UDP checksum 0 to keep the guest's work
+//!   small), until N have come or nothing has for timeout_ms: `OK got=<n>
+//!   bytes=<payload bytes> cycles=<TSC, first to last datagram> other=<n>`, or
+//!   `FAIL timeout got=0`.
 //! * `net-bad:DEV`: [`BAD_CASES`] malformed transmit chains, each (where it has
 //!   room) carrying a datagram with seq 0xBAD0 + case, then one good datagram
 //!   with seq 0x600D, all of LEN 64 to the peer. One line per case,
@@ -35,6 +44,7 @@
 
 use core::mem::MaybeUninit;
 
+use crate::cpu::rdtsc;
 use crate::dma;
 use crate::fmt::Line;
 use crate::inet::{self, Arp, Flow, Frame, Ip, Mac, Udp, ARP_REPLY, ARP_REQUEST, PAYLOAD_OFF};
@@ -413,6 +423,93 @@ pub fn send(ctx: &Ctx, sc: &Scen) {
         .d(count * len)
         .s(" peer_mac=");
     put_mac(&mut l, &peer_mac).end();
+}
+
+pub fn blast(ctx: &Ctx, sc: &Scen) {
+    let (Some(count), Some(len)) = (sc.num(2), sc.num(3)) else {
+        return sc.fail("usage net-blast:DEV:N:LEN");
+    };
+    if sc.nargs() != 3 || !(8..=MAX_PAYLOAD).contains(&len) {
+        return sc.fail("usage net-blast:DEV:N:LEN (LEN 8..=1472)");
+    }
+    let Some(mut h) = host(ctx, sc) else { return };
+    let Some(peer_mac) = h.resolve(ctx.cmd.peer, ctx.cmd.timeout_ms) else {
+        return sc.fail("arp-timeout");
+    };
+    let flow = h.flow_to(ctx, peer_mac);
+    let len = len as usize;
+    let start = rdtsc();
+    for seq in 0..count {
+        if let Some(d) = h.poll() {
+            h.other += 1;
+            h.net.repost(d.buf);
+        }
+        let Ok(b) = h.net.tx_alloc_wait(ctx.cmd.timeout_ms) else {
+            h.mark_stale();
+            sc.out().s("FAIL tx-timeout sent=").d(seq).end();
+            return;
+        };
+        let buf = h.net.tx_buf(b);
+        buf[..HDR_LEN].fill(0);
+        let frame = &mut buf[HDR_LEN..];
+        frame[PAYLOAD_OFF..PAYLOAD_OFF + 4].copy_from_slice(MAGIC);
+        frame[PAYLOAD_OFF + 4..PAYLOAD_OFF + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+        let n = HDR_LEN + inet::build_udp(frame, &flow, len, seq as u16);
+        if h.net.send(b, n).is_err() {
+            h.mark_stale();
+            sc.out().s("FAIL no-descriptors sent=").d(seq).end();
+            return;
+        }
+    }
+    if h.net.flush_tx(ctx.cmd.timeout_ms).is_err() {
+        h.mark_stale();
+        sc.out().s("FAIL tx-timeout sent=").d(count).end();
+        return;
+    }
+    let cycles = rdtsc() - start;
+    let mut l = sc.out();
+    l.s("OK sent=")
+        .d(count)
+        .s(" bytes=")
+        .d(count * len as u64)
+        .s(" cycles=")
+        .d(cycles)
+        .s(" peer_mac=");
+    put_mac(&mut l, &peer_mac).end();
+}
+
+pub fn sink(ctx: &Ctx, sc: &Scen) {
+    let Some(count) = sc.num(2).filter(|&n| n > 0 && sc.nargs() == 2) else {
+        return sc.fail("usage net-sink:DEV:N (N > 0)");
+    };
+    let Some(mut h) = host(ctx, sc) else { return };
+    h.print_waiting(sc, count);
+    let (mut got, mut bytes, mut first, mut last) = (0u64, 0u64, 0u64, 0u64);
+    while got < count {
+        let Some(d) = h.next_datagram(ctx.cmd.timeout_ms) else {
+            break;
+        };
+        last = rdtsc();
+        if got == 0 {
+            first = last;
+        }
+        bytes += d.udp.payload_len as u64;
+        h.net.repost(d.buf);
+        got += 1;
+    }
+    if got == 0 {
+        return sc.fail("timeout got=0");
+    }
+    sc.out()
+        .s("OK got=")
+        .d(got)
+        .s(" bytes=")
+        .d(bytes)
+        .s(" cycles=")
+        .d(last - first)
+        .s(" other=")
+        .d(h.other)
+        .end();
 }
 
 /// Why received datagram number `index` is not what the host was to send.

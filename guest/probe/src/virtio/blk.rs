@@ -163,57 +163,16 @@ impl Blk {
 
     fn setup(&mut self) -> Result<(), InitError> {
         let m = self.mmio;
-        if !m.reset() {
-            return Err(InitError::ResetStuck);
-        }
-        m.add_status(mmio::S_ACKNOWLEDGE);
-        m.add_status(mmio::S_DRIVER);
-        let offered = m.device_features();
-        if offered & F_VERSION_1 == 0 {
-            m.add_status(mmio::S_FAILED);
-            return Err(InitError::NoVersion1);
-        }
-        self.features = offered & WANTED;
-        m.set_driver_features(self.features);
-        m.add_status(mmio::S_FEATURES_OK);
-        if m.status() & mmio::S_FEATURES_OK == 0 {
-            m.add_status(mmio::S_FAILED);
-            return Err(InitError::FeaturesRejected);
-        }
-        m.write(mmio::QUEUE_SEL, 0);
-        if m.read(mmio::QUEUE_READY) != 0 {
-            m.add_status(mmio::S_FAILED);
-            return Err(InitError::QueueBusy);
-        }
-        let max = m.read(mmio::QUEUE_NUM_MAX).min(QSZ_MAX as u32);
-        if max == 0 {
-            m.add_status(mmio::S_FAILED);
-            return Err(InitError::NoQueue);
-        }
-        // Largest power of two <= max (split rings are sized in powers of two).
-        let size = 1u16 << (31 - max.leading_zeros());
-        // SAFETY: this slot's queue memory; the device was just reset, so it no
-        // longer uses the old rings.
+        self.features = m.negotiate(WANTED)?;
+        // SAFETY: this slot's queue memory; the device was just reset, so it no longer uses
+        // the old rings.
         self.q = unsafe {
-            Queue::new(
+            m.setup_queue(
+                0,
                 core::ptr::addr_of_mut!((*self.mem).queue),
-                size,
                 self.features & F_EVENT_IDX != 0,
-            )
+            )?
         };
-        m.write(mmio::QUEUE_NUM, u32::from(size));
-        let (d, a, u) = (
-            self.q.desc_paddr(),
-            self.q.avail_paddr(),
-            self.q.used_paddr(),
-        );
-        m.write(mmio::QUEUE_DESC_LOW, d as u32);
-        m.write(mmio::QUEUE_DESC_HIGH, (d >> 32) as u32);
-        m.write(mmio::QUEUE_DRIVER_LOW, a as u32);
-        m.write(mmio::QUEUE_DRIVER_HIGH, (a >> 32) as u32);
-        m.write(mmio::QUEUE_DEVICE_LOW, u as u32);
-        m.write(mmio::QUEUE_DEVICE_HIGH, (u >> 32) as u32);
-        m.write(mmio::QUEUE_READY, 1);
         m.add_status(mmio::S_DRIVER_OK);
 
         self.capacity = m.config64(0);

@@ -88,66 +88,15 @@ impl Cons {
         Ok(c)
     }
 
-    fn setup_queue(&mut self, index: u32) -> Result<Queue, InitError> {
-        let m = self.mmio;
-        m.write(mmio::QUEUE_SEL, index);
-        if m.read(mmio::QUEUE_READY) != 0 {
-            return Err(InitError::QueueBusy);
-        }
-        let max = m.read(mmio::QUEUE_NUM_MAX).min(QSZ_MAX as u32);
-        if max == 0 {
-            return Err(InitError::NoQueue);
-        }
-        let size = 1u16 << (31 - max.leading_zeros());
-        let qmem = if index == RXQ {
-            // SAFETY: address of this slot's ring memory; the device was reset, so
-            // it no longer uses the old rings.
-            unsafe { core::ptr::addr_of_mut!((*self.mem).rxq) }
-        } else {
-            // SAFETY: as above.
-            unsafe { core::ptr::addr_of_mut!((*self.mem).txq) }
-        };
-        // SAFETY: exclusively owned ring memory, not in use by the device (reset).
-        let q = unsafe { Queue::new(qmem, size, false) };
-        m.write(mmio::QUEUE_NUM, u32::from(size));
-        let (d, a, u) = (q.desc_paddr(), q.avail_paddr(), q.used_paddr());
-        m.write(mmio::QUEUE_DESC_LOW, d as u32);
-        m.write(mmio::QUEUE_DESC_HIGH, (d >> 32) as u32);
-        m.write(mmio::QUEUE_DRIVER_LOW, a as u32);
-        m.write(mmio::QUEUE_DRIVER_HIGH, (a >> 32) as u32);
-        m.write(mmio::QUEUE_DEVICE_LOW, u as u32);
-        m.write(mmio::QUEUE_DEVICE_HIGH, (u >> 32) as u32);
-        m.write(mmio::QUEUE_READY, 1);
-        Ok(q)
-    }
-
     fn setup(&mut self) -> Result<(), InitError> {
         let m = self.mmio;
-        if !m.reset() {
-            return Err(InitError::ResetStuck);
+        self.features = m.negotiate(F_VERSION_1)?;
+        // SAFETY: this slot's own ring memory; the device was just reset, so it no longer
+        // uses the old rings.
+        unsafe {
+            self.rxq = m.setup_queue(RXQ, core::ptr::addr_of_mut!((*self.mem).rxq), false)?;
+            self.txq = m.setup_queue(TXQ, core::ptr::addr_of_mut!((*self.mem).txq), false)?;
         }
-        m.add_status(mmio::S_ACKNOWLEDGE);
-        m.add_status(mmio::S_DRIVER);
-        let offered = m.device_features();
-        if offered & F_VERSION_1 == 0 {
-            m.add_status(mmio::S_FAILED);
-            return Err(InitError::NoVersion1);
-        }
-        self.features = F_VERSION_1;
-        m.set_driver_features(self.features);
-        m.add_status(mmio::S_FEATURES_OK);
-        if m.status() & mmio::S_FEATURES_OK == 0 {
-            m.add_status(mmio::S_FAILED);
-            return Err(InitError::FeaturesRejected);
-        }
-        let q = self
-            .setup_queue(RXQ)
-            .inspect_err(|_| m.add_status(mmio::S_FAILED))?;
-        self.rxq = q;
-        let q = self
-            .setup_queue(TXQ)
-            .inspect_err(|_| m.add_status(mmio::S_FAILED))?;
-        self.txq = q;
         m.add_status(mmio::S_DRIVER_OK);
         for i in 0..RX_BUFS.min(usize::from(self.rxq.size())) {
             self.post_rx(i);

@@ -6,6 +6,11 @@
 //! 64-bit fields as two 32-bit reads checked against ConfigGeneration (0xfc).
 
 use crate::cpu::{mmio_read16, mmio_read32, mmio_read8, mmio_write32};
+use crate::virtio::blk::InitError;
+use crate::virtio::queue::{Queue, QueueMem, QSZ_MAX};
+
+/// VIRTIO_F_VERSION_1, which every driver here requires.
+const F_VERSION_1: u64 = 1 << 32;
 
 pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 
@@ -115,5 +120,67 @@ impl Mmio {
             }
         }
         0
+    }
+
+    /// Initialisation up to FEATURES_OK (§3.1.1): reset, ACKNOWLEDGE, DRIVER, then the
+    /// offered features that are in `wanted`, checked to be kept. Returns the accepted
+    /// features; on failure the device is marked FAILED where the spec says so.
+    pub fn negotiate(&self, wanted: u64) -> Result<u64, InitError> {
+        if !self.reset() {
+            return Err(InitError::ResetStuck);
+        }
+        self.add_status(S_ACKNOWLEDGE);
+        self.add_status(S_DRIVER);
+        let offered = self.device_features();
+        if offered & F_VERSION_1 == 0 {
+            self.add_status(S_FAILED);
+            return Err(InitError::NoVersion1);
+        }
+        let features = offered & wanted;
+        self.set_driver_features(features);
+        self.add_status(S_FEATURES_OK);
+        if self.status() & S_FEATURES_OK == 0 {
+            self.add_status(S_FAILED);
+            return Err(InitError::FeaturesRejected);
+        }
+        Ok(features)
+    }
+
+    /// Sets up queue `index` on the rings in `mem`, as large as the device allows (a power of
+    /// two, at most QSZ_MAX), and marks it ready. On failure the device is marked FAILED.
+    ///
+    /// # Safety
+    /// `mem` must be ring memory used by nothing but this queue and the device, which must
+    /// not be using it any more (it was just reset).
+    pub unsafe fn setup_queue(
+        &self,
+        index: u32,
+        mem: *mut QueueMem,
+        event_idx: bool,
+    ) -> Result<Queue, InitError> {
+        self.write(QUEUE_SEL, index);
+        if self.read(QUEUE_READY) != 0 {
+            self.add_status(S_FAILED);
+            return Err(InitError::QueueBusy);
+        }
+        let max = self.read(QUEUE_NUM_MAX).min(QSZ_MAX as u32);
+        if max == 0 {
+            self.add_status(S_FAILED);
+            return Err(InitError::NoQueue);
+        }
+        // Largest power of two <= max (split rings are sized in powers of two).
+        let size = 1u16 << (31 - max.leading_zeros());
+        // SAFETY: exclusive, unused ring memory per the caller's contract.
+        let q = unsafe { Queue::new(mem, size, event_idx) };
+        self.write(QUEUE_NUM, u32::from(size));
+        let (d, a, u) = (q.desc_paddr(), q.avail_paddr(), q.used_paddr());
+        self.write(QUEUE_DESC_LOW, d as u32);
+        self.write(QUEUE_DESC_HIGH, (d >> 32) as u32);
+        self.write(QUEUE_DRIVER_LOW, a as u32);
+        self.write(QUEUE_DRIVER_HIGH, (a >> 32) as u32);
+        self.write(QUEUE_DEVICE_LOW, u as u32);
+        self.write(QUEUE_DEVICE_HIGH, (u >> 32) as u32);
+        self.write(QUEUE_READY, 1);
+        Ok(q)
     }
 }

@@ -39,23 +39,11 @@ static SLOTS: RacyCell<[Slot; crate::cmdline::MAX_DEVS]> = RacyCell::new(
 
 /// The initialised console driver for the device index in field 1 of `sc`.
 fn console(ctx: &Ctx, sc: &Scen) -> Option<&'static mut Cons> {
-    let Some(idx) = sc.num(1).map(|v| v as usize) else {
-        sc.fail("bad-device-index");
-        return None;
-    };
-    if idx >= ctx.cmd.ndevs {
-        sc.fail("no-such-device");
-        return None;
-    }
-    let cfg = ctx.cmd.devs[idx];
-    if !crate::cpu::phys_mapped(cfg.addr, 0x200) {
-        sc.fail("device-not-mapped");
-        return None;
-    }
+    let (idx, addr) = crate::scenarios::device_addr(ctx, sc, 1)?;
     // SAFETY: boot CPU only; scenarios run one after another.
     let slot = unsafe { &mut (*SLOTS.get())[idx] };
     if !slot.ready {
-        match Cons::init(idx, cfg.addr) {
+        match Cons::init(idx, addr) {
             Ok(c) => {
                 slot.cons.write(c);
                 slot.ready = true;

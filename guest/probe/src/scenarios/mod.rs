@@ -114,9 +114,9 @@ static DEVS: RacyCell<[DevSlot; MAX_DEVS]> = RacyCell::new(
     }; MAX_DEVS],
 );
 
-/// The initialised driver for the device index in field `i` of `sc`, or prints
-/// `FAIL <reason>` and returns None.
-pub fn device(ctx: &Ctx, sc: &Scen, i: usize) -> Option<(usize, &'static mut Blk)> {
+/// The device index in field `i` of `sc` and its MMIO address, or prints `FAIL <reason>`
+/// and returns None (no such index, no such device, or its window not mapped).
+pub fn device_addr(ctx: &Ctx, sc: &Scen, i: usize) -> Option<(usize, u64)> {
     let Some(idx) = sc.num(i).map(|v| v as usize) else {
         sc.fail("bad-device-index");
         return None;
@@ -125,16 +125,23 @@ pub fn device(ctx: &Ctx, sc: &Scen, i: usize) -> Option<(usize, &'static mut Blk
         sc.fail("no-such-device");
         return None;
     }
-    let cfg = ctx.cmd.devs[idx];
-    if !crate::cpu::phys_mapped(cfg.addr, 0x200) {
+    let addr = ctx.cmd.devs[idx].addr;
+    if !crate::cpu::phys_mapped(addr, 0x200) {
         sc.fail("device-not-mapped");
         return None;
     }
+    Some((idx, addr))
+}
+
+/// The initialised driver for the device index in field `i` of `sc`, or prints
+/// `FAIL <reason>` and returns None.
+pub fn device(ctx: &Ctx, sc: &Scen, i: usize) -> Option<(usize, &'static mut Blk)> {
+    let (idx, addr) = device_addr(ctx, sc, i)?;
     // SAFETY: boot CPU only (scenarios run sequentially); each call hands out the
     // slot's driver for the duration of one scenario.
     let slot = unsafe { &mut (*DEVS.get())[idx] };
     let result = if !slot.ready {
-        Blk::init(idx, cfg.addr).map(|b| {
+        Blk::init(idx, addr).map(|b| {
             slot.blk.write(b);
             slot.ready = true;
         })

@@ -167,24 +167,12 @@ struct Datagram {
 
 /// The initialised driver for the device index in field 1 of `sc`.
 fn host(ctx: &Ctx, sc: &Scen) -> Option<Host> {
-    let Some(idx) = sc.num(1).map(|v| v as usize) else {
-        sc.fail("bad-device-index");
-        return None;
-    };
-    if idx >= ctx.cmd.ndevs {
-        sc.fail("no-such-device");
-        return None;
-    }
-    let cfg = ctx.cmd.devs[idx];
-    if !crate::cpu::phys_mapped(cfg.addr, 0x200) {
-        sc.fail("device-not-mapped");
-        return None;
-    }
+    let (idx, addr) = crate::scenarios::device_addr(ctx, sc, 1)?;
     // SAFETY: boot CPU only; scenarios run one after another, and each hands
     // out the slot for the duration of one scenario.
     let slot = unsafe { &mut (*SLOTS.get())[idx] };
     let result = if !slot.ready {
-        Net::init(idx, cfg.addr).map(|n| {
+        Net::init(idx, addr).map(|n| {
             slot.net.write(n);
             slot.ready = true;
         })

@@ -88,37 +88,18 @@ fn command(s: &Setup, ns: &NetNs, vmm: Vmm, scenario: &str, n: usize) -> Command
         }
         Vmm::Qemu => {
             // As in probe.rs, with a virtio-net device instead of the disk.
-            cmd.args([
-                "qemu-system-x86_64",
-                "-M",
-                "microvm,acpi=off",
-                "-enable-kvm",
-                "-cpu",
-                "host,-arch-capabilities",
-                "-m",
-                "128M",
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-no-reboot",
-                "-serial",
-                "stdio",
-                "-global",
-                "virtio-mmio.force-legacy=false",
-                "-kernel",
-            ])
-            .arg(&s.probe)
-            .arg("-append")
-            .arg(&cmdline)
-            .arg("-netdev")
-            .arg(format!(
-                "tap,id=n0,ifname={},script=no,downscript=no,vhost=off",
-                tap(vmm)
-            ))
-            .arg("-device")
-            .arg(format!("virtio-net-device,netdev=n0,mac={GUEST_MAC}"));
+            cmd.arg("qemu-system-x86_64")
+                .args(crate::probe::QEMU_MICROVM)
+                .arg(&s.probe)
+                .arg("-append")
+                .arg(&cmdline)
+                .arg("-netdev")
+                .arg(format!(
+                    "tap,id=n0,ifname={},script=no,downscript=no,vhost=off",
+                    tap(vmm)
+                ))
+                .arg("-device")
+                .arg(format!("virtio-net-device,netdev=n0,mac={GUEST_MAC}"));
         }
     }
     cmd

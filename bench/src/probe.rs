@@ -139,6 +139,31 @@ const CONFIGS: [Config; 4] = [
     },
 ];
 
+/// QEMU's side of the probe benchmarks, up to `-kernel` (the probe's path comes next): microvm
+/// with the probe's memory and one vCPU, serial on stdout, no ACPI.
+pub const QEMU_MICROVM: &[&str] = &[
+    "-M",
+    "microvm,acpi=off",
+    "-enable-kvm",
+    "-cpu",
+    "host,-arch-capabilities",
+    "-m",
+    "128M",
+    "-smp",
+    "1",
+    "-nodefaults",
+    "-no-user-config",
+    "-nographic",
+    "-no-reboot",
+    "-serial",
+    "stdio",
+    // QEMU 7.2 makes virtio-mmio devices legacy (v1) unless told otherwise; with acpi=off it
+    // lists them on the command line, as ward does.
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-kernel",
+];
+
 fn command(s: &Setup, c: Config, image: &Path, scenarios: &str, n: usize) -> Command {
     let cmdline = format!("console=ttyS0 probe.run={scenarios}");
     let format = c.format.name();
@@ -158,37 +183,16 @@ fn command(s: &Setup, c: Config, image: &Path, scenarios: &str, n: usize) -> Com
         }
         Vmm::Qemu => {
             let mut cmd = Command::new("qemu-system-x86_64");
-            cmd.args([
-                "-M",
-                "microvm,acpi=off",
-                "-enable-kvm",
-                "-cpu",
-                "host,-arch-capabilities",
-                "-m",
-                "128M",
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-no-reboot",
-                "-serial",
-                "stdio",
-                // QEMU 7.2 makes virtio-mmio devices legacy (v1) unless told otherwise; with
-                // acpi=off it lists them on the command line, as ward does.
-                "-global",
-                "virtio-mmio.force-legacy=false",
-                "-kernel",
-            ])
-            .arg(&s.probe)
-            .arg("-append")
-            .arg(&cmdline)
-            .arg("-drive")
-            .arg(format!(
-                "id=d0,file={},format={format},if=none",
-                image.display()
-            ))
-            .args(["-device", "virtio-blk-device,drive=d0"]);
+            cmd.args(QEMU_MICROVM)
+                .arg(&s.probe)
+                .arg("-append")
+                .arg(&cmdline)
+                .arg("-drive")
+                .arg(format!(
+                    "id=d0,file={},format={format},if=none",
+                    image.display()
+                ))
+                .args(["-device", "virtio-blk-device,drive=d0"]);
             cmd
         }
     }

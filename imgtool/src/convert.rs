@@ -18,7 +18,7 @@ use anyhow::Context;
 use ward_image::qcow2::MapKind;
 use ward_image::{DiskImage, Format, Qcow2CreateOptions, Qcow2Image};
 
-use crate::commands::{apply_options, detect, format_arg, open_file, resolver_for, Temp};
+use crate::commands::{apply_options, detect, format_arg, resolver_for, Temp};
 
 /// Bytes read per step.
 const CHUNK: u64 = 2 << 20;
@@ -55,7 +55,7 @@ struct Progress {
 pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
     let out_format = format_arg(Some(a.out_format))?.context("an output format is required")?;
     let (f, fmt) = detect(a.input, a.format)?;
-    let src = ward_image::open(f, Some(fmt), true, &mut resolver_for(a.input))?;
+    let (src, ranges) = open_source(a.input, f, fmt)?;
     let size = src.virtual_size();
     let (tmp, out) = Temp::new(a.output)?;
     let grain = match out_format {
@@ -99,7 +99,6 @@ pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
         (None, Some(r)) => &**r,
         (None, None) => unreachable!("one output is open"),
     };
-    let ranges = data_ranges(a.input, fmt, size)?;
     let total: u64 = ranges.iter().map(|(_, len)| len).sum();
 
     let chunks = split_chunks(&ranges);
@@ -261,27 +260,39 @@ fn nonzero_pieces(buf: &[u8], off: u64, grain: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// The ranges of `path` that may hold data, merged and in order.
-fn data_ranges(path: &Path, fmt: Format, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
-    if fmt == Format::Qcow2 {
-        let img = Qcow2Image::open(open_file(path, false)?, true, &mut resolver_for(path))?;
-        if img.header().backing_file.is_none() {
-            let mut out: Vec<(u64, u64)> = Vec::new();
-            for e in img.map()? {
-                if matches!(e.kind, MapKind::Data | MapKind::Compressed) {
-                    match out.last_mut() {
-                        Some((s, l)) if *s + *l == e.start => *l += e.length,
-                        _ => out.push((e.start, e.length)),
+/// (start, length) ranges of a disk.
+type Ranges = Vec<(u64, u64)>;
+
+/// Opens the source (read-only, once) and finds the ranges that may hold data, merged and in
+/// order: a qcow2 image's allocated clusters when it has no backing file, a raw file's
+/// SEEK_DATA ranges, else everything.
+fn open_source(path: &Path, f: File, fmt: Format) -> anyhow::Result<(Box<dyn DiskImage>, Ranges)> {
+    match fmt {
+        Format::Qcow2 => {
+            let img = Qcow2Image::open(f, true, &mut resolver_for(path))?;
+            let size = img.virtual_size();
+            let ranges = if img.header().backing_file.is_none() {
+                let mut out: Vec<(u64, u64)> = Vec::new();
+                for e in img.map()? {
+                    if matches!(e.kind, MapKind::Data | MapKind::Compressed) {
+                        match out.last_mut() {
+                            Some((s, l)) if *s + *l == e.start => *l += e.length,
+                            _ => out.push((e.start, e.length)),
+                        }
                     }
                 }
-            }
-            return Ok(out);
+                out
+            } else {
+                vec![(0, size)]
+            };
+            Ok((Box::new(img), ranges))
+        }
+        Format::Raw => {
+            let img = ward_image::open(f.try_clone()?, Some(fmt), true, &mut resolver_for(path))?;
+            let ranges = raw_data_ranges(&f, img.virtual_size());
+            Ok((img, ranges))
         }
     }
-    if fmt == Format::Raw {
-        return Ok(raw_data_ranges(&open_file(path, false)?, size));
-    }
-    Ok(vec![(0, size)])
 }
 
 /// A raw file's data ranges by SEEK_DATA/SEEK_HOLE (holes read as zeros); the whole file when

@@ -84,8 +84,14 @@ pub(crate) fn open_file(path: &Path, write: bool) -> anyhow::Result<File> {
     Ok(f)
 }
 
-pub(crate) fn detect(path: &Path, format: Option<&str>) -> anyhow::Result<(File, Format)> {
-    let f = open_file(path, false)?;
+/// Opens an image (locked, see [`open_file`]) and tells its format: `format` if given, else
+/// what its header says.
+pub(crate) fn open_image(
+    path: &Path,
+    format: Option<&str>,
+    write: bool,
+) -> anyhow::Result<(File, Format)> {
+    let f = open_file(path, write)?;
     let fmt = match format_arg(format)? {
         Some(f) => f,
         None => ward_image::detect_format(&f)?,
@@ -218,7 +224,7 @@ pub fn create(a: CreateArgs<'_>) -> anyhow::Result<u8> {
 }
 
 pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u8> {
-    let (f, fmt) = detect(path, format)?;
+    let (f, fmt) = open_image(path, format, false)?;
     let actual = f.metadata()?.blocks() * 512;
     let mut v = json!({
         "filename": path.display().to_string(),
@@ -302,11 +308,7 @@ pub fn info(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u
 pub fn check(path: &Path, format: Option<&str>, repair: Option<Repair>) -> anyhow::Result<u8> {
     // One descriptor (and lock) for the whole command: a repair's exclusive lock would
     // conflict with a shared one taken through another descriptor.
-    let f = open_file(path, repair.is_some())?;
-    let fmt = match format_arg(format)? {
-        Some(f) => f,
-        None => ward_image::detect_format(&f)?,
-    };
+    let (f, fmt) = open_image(path, format, repair.is_some())?;
     if fmt != Format::Qcow2 {
         eprintln!("ward-img: This image format does not support checks");
         return Ok(63);
@@ -362,11 +364,7 @@ pub fn resize(
     size_arg: &str,
     shrink: bool,
 ) -> anyhow::Result<u8> {
-    let f = open_file(path, true)?;
-    let fmt = match format_arg(format)? {
-        Some(f) => f,
-        None => ward_image::detect_format(&f)?,
-    };
+    let (f, fmt) = open_image(path, format, true)?;
     match fmt {
         Format::Raw => {
             let old = f.metadata().context("cannot query the image size")?.len();
@@ -441,11 +439,7 @@ fn snapshot_line(s: Option<&ward_image::qcow2::Snapshot>) -> String {
 
 pub fn snapshot(path: &Path, format: Option<&str>, op: SnapshotOp) -> anyhow::Result<u8> {
     let write = !matches!(op, SnapshotOp::List);
-    let f = open_file(path, write)?;
-    let fmt = match format_arg(format)? {
-        Some(f) => f,
-        None => ward_image::detect_format(&f)?,
-    };
+    let (f, fmt) = open_image(path, format, write)?;
     if fmt != Format::Qcow2 {
         bail!("{} images do not support internal snapshots", fmt.name());
     }
@@ -476,7 +470,7 @@ pub fn snapshot(path: &Path, format: Option<&str>, op: SnapshotOp) -> anyhow::Re
 }
 
 pub fn map(path: &Path, format: Option<&str>, output: &str) -> anyhow::Result<u8> {
-    let (f, fmt) = detect(path, format)?;
+    let (f, fmt) = open_image(path, format, false)?;
     let extents = match fmt {
         Format::Raw => {
             let len = f.metadata()?.len();

@@ -18,7 +18,7 @@ use anyhow::Context;
 use ward_image::qcow2::MapKind;
 use ward_image::{DiskImage, Format, Qcow2CreateOptions, Qcow2Image};
 
-use crate::commands::{apply_options, detect, format_arg, resolver_for, Temp};
+use crate::commands::{apply_options, format_arg, open_image, resolver_for, Temp};
 
 /// Bytes read per step.
 const CHUNK: u64 = 2 << 20;
@@ -54,7 +54,7 @@ struct Progress {
 
 pub fn convert(a: ConvertArgs<'_>) -> anyhow::Result<u8> {
     let out_format = format_arg(Some(a.out_format))?.context("an output format is required")?;
-    let (f, fmt) = detect(a.input, a.format)?;
+    let (f, fmt) = open_image(a.input, a.format, false)?;
     let (src, ranges) = open_source(a.input, f, fmt)?;
     let size = src.virtual_size();
     let (tmp, out) = Temp::new(a.output)?;

@@ -246,7 +246,7 @@ impl Qcow2Image {
     pub fn check(&self) -> Result<CheckReport, Error> {
         // The walk reads the tables from the disk: updates waiting for a flush go there first
         // (a poisoned image is checked as the disk has it).
-        match self.settle() {
+        match self.write_metadata() {
             Ok(()) | Err(Error::Poisoned) => {}
             Err(e) => return Err(e),
         }

@@ -260,15 +260,10 @@ impl Qcow2Image {
     }
 
     /// Writes out the table updates waiting for the next flush (in the crash-safe order, see
-    /// the module documentation) without the final sync: for a caller that wants a failure
-    /// reported rather than left to drop, like `convert` writing a new image.
+    /// the module documentation) without the final sync: for operations that read the tables
+    /// from the disk or rewrite them, and for a caller that wants a failure reported rather
+    /// than left to drop, like `convert` writing a new image.
     pub fn write_metadata(&self) -> Result<(), Error> {
-        self.settle()
-    }
-
-    /// Writes out the table updates waiting for the next flush, without the final sync: for
-    /// operations that read the tables from the disk or rewrite them.
-    pub(super) fn settle(&self) -> Result<(), Error> {
         if self.readonly {
             return Ok(());
         }

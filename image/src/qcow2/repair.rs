@@ -51,7 +51,7 @@ impl Qcow2Image {
         if self.readonly {
             return Err(Error::ReadOnly);
         }
-        self.settle()?;
+        self.write_metadata()?;
         let mut st = self.lock();
         let first = self.walk()?;
         let mut report = first.report.clone();

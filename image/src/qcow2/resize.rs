@@ -28,7 +28,7 @@ impl Qcow2Image {
         if self.readonly {
             return Err(Error::ReadOnly);
         }
-        self.settle()?;
+        self.write_metadata()?;
         if self.header.nb_snapshots > 0 {
             // As qemu: a snapshot's disk size and L1 table would no longer match the image.
             return Err(Error::ResizeWithSnapshots);

@@ -29,7 +29,7 @@ impl Qcow2Image {
         if self.readonly {
             return Err(Error::ReadOnly);
         }
-        self.settle()?;
+        self.write_metadata()?;
         self.file
             .metadata()
             .map_err(Error::FileSize)

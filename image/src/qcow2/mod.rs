@@ -529,12 +529,7 @@ impl DiskImage for Qcow2Image {
         if self.readonly {
             return Ok(());
         }
-        let mut st = self.lock();
-        if st.poisoned {
-            return Err(Error::Poisoned);
-        }
-        let r = self.flush_metadata(&mut st);
-        self.poison_on_error(&mut st, r)?;
+        self.write_metadata()?;
         self.file.sync_data().map_err(Error::Flush)
     }
 

@@ -263,6 +263,23 @@ impl WardRun {
         c
     }
 
+    /// Waits until the serial log holds `line`; panics with the log if it does not within
+    /// `timeout`, or (given `child`, the running `ward`) if ward exits first.
+    pub fn wait_serial(&self, mut child: Option<&mut Child>, line: &str, timeout: Duration) {
+        let log = self.console_log();
+        let text = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_for(timeout, || {
+            if let Some(Ok(Some(st))) = child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "ward exited with {st} before the guest printed {line:?}:\n{}",
+                    text()
+                );
+            }
+            text().contains(line).then_some(())
+        })
+        .unwrap_or_else(|| panic!("the guest never printed {line:?}:\n{}", text()));
+    }
+
     pub fn spawn(&self) -> Child {
         let _ = std::fs::remove_file(self.console_log());
         let _ = std::fs::remove_file(self.hvc_log());

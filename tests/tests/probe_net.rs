@@ -73,25 +73,7 @@ fn host_socket(ns: &NetNs) -> UdpSocket {
 
 /// Waits until the probe has printed `line` (panicking if ward exits first).
 fn wait_serial(run: &WardRun, child: &mut Child, line: &str) {
-    let log = run.console_log();
-    wait_for(Duration::from_secs(60), || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "ward exited with {st} before the guest printed {line:?}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains(line)
-            .then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the guest never printed {line:?}:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    run.wait_serial(Some(child), line, Duration::from_secs(60));
 }
 
 /// The counter `key` in the worker's `device stopped metrics={…}` log line.

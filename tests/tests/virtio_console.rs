@@ -50,19 +50,7 @@ fn read_until(s: &mut UnixStream, want: &str, timeout: Duration) -> String {
 }
 
 fn wait_serial(run: &WardRun, line: &str) {
-    let log = run.console_log();
-    wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains(line)
-            .then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the guest never printed {line:?}:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    run.wait_serial(None, line, Duration::from_secs(30));
 }
 
 #[test]

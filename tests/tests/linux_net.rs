@@ -130,5 +130,11 @@ fn linux_guests_talk_over_ward_net() {
     for l in out.lines().filter(|l| l.starts_with("LINUX-NET")) {
         eprintln!("{l}");
     }
+    if out.contains("LINUX-NET pair failed") {
+        eprintln!(
+            "\n*** linux_guests_talk_over_ward_net: the transfer between guests a and b failed \
+             once and was retried; see the [try-a] / [try-b] logs and LINUX-NET diag lines ***\n"
+        );
+    }
     check(&out);
 }

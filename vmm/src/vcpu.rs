@@ -262,7 +262,10 @@ impl Vcpu {
                 Ok(VcpuExit::MmioWrite(addr, data)) => bus.mmio_write(addr, data),
                 Ok(VcpuExit::Hlt) => {}
                 Ok(VcpuExit::Shutdown) => {
-                    // A triple fault: what a reset without a reset device looks like.
+                    // A triple fault: what a reset without a reset device looks like, and also
+                    // what a crashed guest looks like; the log tells the two from a reset
+                    // through the keyboard controller or the ACPI reset register.
+                    warn!(regs = %self.regs_summary(), "the guest triple-faulted; treated as a reset");
                     bus.exit.signal(ExitReason::GuestReset);
                     return;
                 }
@@ -300,13 +303,16 @@ impl Vcpu {
         }
     }
 
-    fn fatal(&mut self, bus: &Bus, what: String) {
-        let regs = self
-            .fd
+    /// `rip=… rsp=…` for logs (empty when the registers cannot be read).
+    fn regs_summary(&self) -> String {
+        self.fd
             .get_regs()
             .map(|r| format!("rip={:#x} rsp={:#x}", r.rip, r.rsp))
-            .unwrap_or_default();
-        let msg = format!("vCPU {}: {what} {regs}", self.id);
+            .unwrap_or_default()
+    }
+
+    fn fatal(&mut self, bus: &Bus, what: String) {
+        let msg = format!("vCPU {}: {what} {}", self.id, self.regs_summary());
         error!("{msg}");
         bus.exit.signal(ExitReason::Error(msg));
     }

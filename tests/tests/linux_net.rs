@@ -106,6 +106,20 @@ fn check(out: &str) {
     for vm in ["one", "a", "b"] {
         confined(out, vm);
     }
+    // Linux posts enough receive buffers for the longest frame: ward-net read frames straight
+    // into them (its counters, logged when it stopped).
+    let counters = out
+        .lines()
+        .find(|l| l.starts_with("[one-ward]") && l.contains("device stopped"))
+        .unwrap_or_else(|| panic!("no counters of one's worker in:\n{out}"));
+    let direct: u64 = counters
+        .split("\"rx_direct\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rx_direct in {counters:?}"));
+    eprintln!("{counters}");
+    assert!(direct > 1000, "{counters}");
     for dir in ["guest-to-host", "host-to-guest"] {
         let l = line(out, &format!("LINUX-NET throughput {dir} "));
         assert_eq!(value(out, l, "bytes"), MIB16.to_string(), "{l}");

@@ -18,6 +18,10 @@ ward_worker::counters! {
         rx_frames,
         /// Bytes of those frames (without the header).
         rx_bytes,
+        /// Of those frames, the ones read from the tap straight into the guest's buffers (the
+        /// others went through the bounce buffer: the guest had posted less than the longest
+        /// frame, or no MRG_RXBUF).
+        rx_direct,
 
         /// TX drop: the chain does not end (loop, index out of range, broken indirect table).
         tx_bad_chain,
@@ -88,6 +92,6 @@ mod tests {
         let j = m.to_json();
         assert!(j.starts_with("{\"tx_frames\":1,\"tx_bytes\":1514,"), "{j}");
         assert!(j.ends_with("\"notify_errors\":0}"), "{j}");
-        assert_eq!(j.matches(':').count(), 29);
+        assert_eq!(j.matches(':').count(), 30);
     }
 }

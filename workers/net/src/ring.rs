@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::metrics::Metrics;
 use crate::GuestMem;
@@ -115,13 +115,30 @@ impl Buffers {
 
     /// Copies as much of `src` as fits into the buffers; returns how much that was.
     pub fn write_from(&self, mem: &GuestMem, src: &[u8]) -> Result<usize, ChainFault> {
+        self.write_at(mem, 0, src)
+    }
+
+    /// Copies as much of `src` as fits into the buffers from byte `offset` of them on; returns
+    /// how much that was.
+    pub fn write_at(&self, mem: &GuestMem, offset: u64, src: &[u8]) -> Result<usize, ChainFault> {
+        let mut skip = offset;
         let mut done = 0;
         for &(addr, len) in &self.segs {
             if done == src.len() {
                 break;
             }
-            let n = (src.len() - done).min(len as usize);
-            mem.write_slice(&src[done..done + n], addr)
+            if skip >= u64::from(len) {
+                skip -= u64::from(len);
+                continue;
+            }
+            // `skip` < `len` here, a u32.
+            let start = addr
+                .checked_add(skip)
+                .ok_or(ChainFault::OutOfMemory { addr: addr.0, len })?;
+            let room = (u64::from(len) - skip) as usize;
+            skip = 0;
+            let n = (src.len() - done).min(room);
+            mem.write_slice(&src[done..done + n], start)
                 .map_err(|_| ChainFault::OutOfMemory { addr: addr.0, len })?;
             done += n;
         }

@@ -1,12 +1,20 @@
 //! The receive queue (queue 0): frames from the tap to the guest.
 //!
-//! A frame is read from the tap, with the 12-byte virtio-net header the kernel writes in front
-//! of it, into a bounce buffer, and copied into receive chains (device-writable buffers):
+//! A frame comes from the tap with the 12-byte virtio-net header the kernel writes in front of
+//! it, and goes into receive chains (device-writable buffers):
 //!
 //! - with `VIRTIO_NET_F_MRG_RXBUF`, over as many chains as it needs, each filled before the
 //!   next; `num_buffers` in the header (first chain) says how many;
 //! - without it, into one chain, which must hold it all (`num_buffers` is 1); a frame the next
 //!   chain cannot hold is dropped (`rx_no_room`) and the chain kept for the next frame.
+//!
+//! With MRG_RXBUF, chains enough for the longest frame are taken first and the frame is read
+//! with one `readv` straight into them (`rx_direct`): the kernel's copy is the only one, as in
+//! vhost-net. The chains the frame did not need stay with the device for the next frame, and
+//! go back to the available ring when the event ends (unless a chain after them was returned
+//! empty already, or a frame waits), so between events the device holds only what it uses.
+//! When the guest has posted less than the longest frame, or without MRG_RXBUF, the frame is
+//! read into a bounce buffer and copied into the chains once it is known how many it needs.
 //!
 //! The tap is read only when the guest has made receive chains available. When there are none,
 //! the frame already read waits in the bounce buffer (with the chains taken for it so far), the
@@ -19,14 +27,14 @@
 //! | does not end, or more than 1024 descriptors                   | returned empty (used length 0)     | `rx_bad_chain` |
 //! | a device-readable descriptor                                  | returned empty                     | `rx_read_only` |
 //! | a buffer outside guest memory                                 | returned empty                     | `rx_out_of_memory` |
-//! | first chain of a frame smaller than the header; a later one empty | returned empty                 | `rx_too_small` |
+//! | smaller than the header (every receive buffer must hold one)  | returned empty                     | `rx_too_small` |
 //!
 //! | frame from the tap                                            | what happens  | counter |
 //! |---------------------------------------------------------------|---------------|---------|
 //! | shorter than the header                                       | dropped       | `rx_short` |
 //! | longer than 65550 bytes                                       | dropped       | `rx_too_big` |
 //! | no MRG_RXBUF and the next chain is too small                  | dropped       | `rx_no_room` |
-//! | otherwise                                                     | delivered     | `rx_frames`, `rx_bytes` |
+//! | otherwise                                                     | delivered     | `rx_frames`, `rx_bytes` (`rx_direct`) |
 //!
 //! A chain returned empty is a driver bug; Linux counts it as a length error and reposts the
 //! buffer. It is always returned before the chains of the frame that is being placed, so the
@@ -36,11 +44,12 @@ use std::io;
 
 use tracing::warn;
 use vhost_user_backend::VringRwLock;
+use vm_memory::GuestMemoryBackend;
 
 use crate::header::{HDR_LEN, MAX_FRAME, NUM_BUFFERS_OFFSET};
 use crate::metrics::{should_log, Metrics};
 use crate::ring::{self, Buffers, ChainFault, Ctx};
-use crate::tap::TapIo;
+use crate::tap::{TapIo, MAX_IOV};
 
 /// Frames (delivered or dropped) and unusable chains handled per call at most.
 pub const BUDGET: usize = 256;
@@ -75,6 +84,9 @@ pub struct RxState {
     /// Length (header included) of the frame in `buf` that is not delivered yet.
     pending: Option<usize>,
     held: Vec<Held>,
+    /// The held chains are the last ones taken from the ring (no chain after the first of them
+    /// was returned empty), so they can be put back.
+    contiguous: bool,
 }
 
 impl Default for RxState {
@@ -83,6 +95,7 @@ impl Default for RxState {
             buf: vec![0u8; BOUNCE].into_boxed_slice(),
             pending: None,
             held: Vec::new(),
+            contiguous: true,
         }
     }
 }
@@ -92,6 +105,20 @@ impl RxState {
     /// device reset, and those chains belong to a ring that is gone.
     pub fn clear(&mut self) {
         self.pending = None;
+        self.held.clear();
+        self.contiguous = true;
+    }
+
+    /// Puts the held chains back on the available ring when no frame waits for them and they
+    /// were the last ones taken: between events the device holds no buffer it does not need,
+    /// and a stopped ring's base (GET_VRING_BASE) counts only chains the guest got back.
+    fn release(&mut self, vring: &VringRwLock) {
+        if self.pending.is_some() || !self.contiguous {
+            return;
+        }
+        for _ in 0..self.held.len() {
+            ring::unpop(vring);
+        }
         self.held.clear();
     }
 
@@ -116,9 +143,134 @@ fn chain_counter(m: &Metrics, f: ChainFault) -> &std::sync::atomic::AtomicU64 {
     }
 }
 
+/// Total bytes of the held chains.
+fn room(held: &[Held]) -> u64 {
+    held.iter().map(|h| h.bufs.len).sum()
+}
+
+/// What became of the chain [`take`] looked at.
+enum Take {
+    /// The available ring is empty.
+    Empty,
+    /// Held for the frames to come.
+    Held,
+    /// Unusable, returned empty (and counted).
+    Returned,
+}
+
+/// Takes the next available chain: held if it can carry (part of) a frame, returned empty at
+/// once otherwise.
+fn take<T>(ctx: &Ctx<'_, T>, vring: &VringRwLock, st: &mut RxState) -> Take {
+    if st.held.is_empty() {
+        st.contiguous = true;
+    }
+    let Some(chain) = ring::pop(ctx, vring) else {
+        return Take::Empty;
+    };
+    let head = chain.head_index();
+    match ring::collect(ctx.mem, chain, true) {
+        // Every receive buffer must hold the header (virtio 1.2, 5.1.6.3.1), also with
+        // MRG_RXBUF, where any held chain may become the first of a frame.
+        Ok(bufs) if bufs.len >= HDR_LEN as u64 => {
+            st.held.push(Held { head, bufs });
+            return Take::Held;
+        }
+        Ok(bufs) => count(
+            &ctx.metrics.rx_too_small,
+            "receive chain returned empty",
+            &format_args!("{} bytes", bufs.len),
+        ),
+        Err(f) => count(
+            chain_counter(ctx.metrics, f),
+            "receive chain returned empty",
+            &f,
+        ),
+    }
+    // Returned before the held chains: they can no longer be put back.
+    if !st.held.is_empty() {
+        st.contiguous = false;
+    }
+    ring::complete(ctx.metrics, vring, head, 0);
+    Take::Returned
+}
+
+/// How a read straight into the held chains went.
+enum Direct {
+    /// A frame was delivered.
+    Delivered,
+    /// A frame was read and dropped (counted); the chains stay held.
+    Dropped,
+    TapEmpty,
+    TapError,
+    /// The held chains cannot be read into directly: go through the bounce buffer.
+    Fallback,
+}
+
+/// Reads the next frame straight into the held chains, which hold [`BOUNCE`] bytes or more,
+/// and delivers it: one copy (the kernel's) instead of two.
+fn read_direct<T: TapIo>(ctx: &Ctx<'_, T>, vring: &VringRwLock, st: &mut RxState) -> Direct {
+    let mut slices = Vec::with_capacity(st.held.len());
+    let mut left = BOUNCE;
+    'chains: for h in &st.held {
+        for &(addr, len) in &h.bufs.segs {
+            if left == 0 {
+                break 'chains;
+            }
+            let n = left.min(len as usize);
+            match ctx.mem.get_slice(addr, n) {
+                Ok(s) => slices.push(s),
+                // Across a memory region boundary (or gone since the chain was taken).
+                Err(_) => return Direct::Fallback,
+            }
+            left -= n;
+        }
+    }
+    if slices.len() > MAX_IOV {
+        return Direct::Fallback;
+    }
+    let got = loop {
+        match ctx.tap.recv_guest(&slices) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => break other,
+        }
+    };
+    match got {
+        Ok(0) => {
+            count(
+                &ctx.metrics.rx_tap_errors,
+                "cannot read the tap",
+                &"end of file",
+            );
+            Direct::TapError
+        }
+        Ok(n) if n < HDR_LEN => {
+            count(&ctx.metrics.rx_short, "frame from the tap dropped", &n);
+            Direct::Dropped
+        }
+        Ok(n) if n > HDR_LEN + MAX_FRAME => {
+            count(&ctx.metrics.rx_too_big, "frame from the tap dropped", &n);
+            Direct::Dropped
+        }
+        Ok(n) => {
+            Metrics::bump(&ctx.metrics.rx_direct);
+            complete_frame(ctx, vring, &mut st.held, n, None);
+            Direct::Delivered
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Direct::TapEmpty,
+        Err(e) => {
+            count(&ctx.metrics.rx_tap_errors, "cannot read the tap", &e);
+            Direct::TapError
+        }
+    }
+}
+
 /// One pass: reads frames and places them until the guest's buffers or the tap run out, or
 /// `*work` reaches [`BUDGET`]. Returns whether any chain was taken from the ring, whether any
 /// went to the used ring, and why it stopped.
+///
+/// With MRG_RXBUF, chains for the longest frame are taken first (and kept across frames), so
+/// the frame is read straight into them; with fewer buffers than that, or without MRG_RXBUF,
+/// the frame goes through the bounce buffer.
 fn round<T: TapIo>(
     ctx: &Ctx<'_, T>,
     vring: &VringRwLock,
@@ -130,8 +282,37 @@ fn round<T: TapIo>(
     let mut used = false;
     loop {
         if st.pending.is_none() {
+            if mrg {
+                while room(&st.held) < BOUNCE as u64 && *work < BUDGET {
+                    match take(ctx, vring, st) {
+                        Take::Empty => break,
+                        Take::Held => taken = true,
+                        Take::Returned => {
+                            taken = true;
+                            used = true;
+                            *work += 1;
+                        }
+                    }
+                }
+            }
             if *work >= BUDGET {
                 return (taken, used, Outcome::Budget);
+            }
+            if mrg && room(&st.held) >= BOUNCE as u64 {
+                match read_direct(ctx, vring, st) {
+                    Direct::Delivered => {
+                        *work += 1;
+                        used = true;
+                        continue;
+                    }
+                    Direct::Dropped => {
+                        *work += 1;
+                        continue;
+                    }
+                    Direct::TapEmpty => return (taken, used, Outcome::TapEmpty),
+                    Direct::TapError => return (taken, used, Outcome::TapError),
+                    Direct::Fallback => {}
+                }
             }
             if st.held.is_empty() && !ring::has_available(ctx, vring) {
                 return (taken, used, Outcome::NoBuffers);
@@ -170,9 +351,8 @@ fn round<T: TapIo>(
 
         // Take chains until the frame fits (MRG_RXBUF) or there is one (without it).
         loop {
-            let room: u64 = st.held.iter().map(|h| h.bufs.len).sum();
             let enough = if mrg {
-                room >= len as u64
+                room(&st.held) >= len as u64
             } else {
                 !st.held.is_empty()
             };
@@ -182,41 +362,15 @@ fn round<T: TapIo>(
             if *work >= BUDGET {
                 return (taken, used, Outcome::Budget);
             }
-            let Some(chain) = ring::pop(ctx, vring) else {
-                return (taken, used, Outcome::NoBuffers);
-            };
-            taken = true;
-            let head = chain.head_index();
-            let fault = match ring::collect(ctx.mem, chain, true) {
-                Ok(bufs) => {
-                    let least = if st.held.is_empty() {
-                        HDR_LEN as u64
-                    } else {
-                        1
-                    };
-                    if bufs.len >= least {
-                        st.held.push(Held { head, bufs });
-                        continue;
-                    }
-                    count(
-                        &ctx.metrics.rx_too_small,
-                        "receive chain returned empty",
-                        &format_args!("{} bytes", bufs.len),
-                    );
-                    None
+            match take(ctx, vring, st) {
+                Take::Empty => return (taken, used, Outcome::NoBuffers),
+                Take::Held => taken = true,
+                Take::Returned => {
+                    taken = true;
+                    used = true;
+                    *work += 1;
                 }
-                Err(f) => Some(f),
-            };
-            if let Some(f) = fault {
-                count(
-                    chain_counter(ctx.metrics, f),
-                    "receive chain returned empty",
-                    &f,
-                );
             }
-            *work += 1;
-            ring::complete(ctx.metrics, vring, head, 0);
-            used = true;
         }
 
         *work += 1;
@@ -229,54 +383,74 @@ fn round<T: TapIo>(
             );
             continue;
         }
-        deliver(ctx, vring, st, len);
+        complete_frame(ctx, vring, &mut st.held, len, Some(&mut st.buf));
         used = true;
     }
 }
 
-/// Copies the frame in the bounce buffer (`len` bytes with its header) into the held chains,
-/// in order, and returns them to the guest. The chains hold it (checked by the caller).
-fn deliver<T>(ctx: &Ctx<'_, T>, vring: &VringRwLock, st: &mut RxState, len: usize) {
+/// Returns the first of the `held` chains that hold a frame of `len` bytes (header included),
+/// filled in order, to the guest, with `num_buffers` in the header saying how many they are.
+/// `bounce` holds the frame when it has to be copied into them; `None` when it was read
+/// straight into them. The chains hold it (checked by the caller).
+fn complete_frame<T>(
+    ctx: &Ctx<'_, T>,
+    vring: &VringRwLock,
+    held: &mut Vec<Held>,
+    len: usize,
+    bounce: Option<&mut [u8]>,
+) {
     // How many chains the frame takes: just enough of the held ones.
     let mut room = 0u64;
-    let n = st
-        .held
+    let n = held
         .iter()
         .position(|h| {
             room += h.bufs.len;
             room >= len as u64
         })
-        .map_or(st.held.len(), |i| i + 1);
-    let chains: Vec<Held> = st.held.drain(..n).collect();
+        .map_or(held.len(), |i| i + 1);
+    let chains: Vec<Held> = held.drain(..n).collect();
     // `n` is at most the ring size.
-    let num_buffers = u16::try_from(chains.len()).unwrap_or(u16::MAX);
-    st.buf[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&num_buffers.to_le_bytes());
+    let num_buffers = u16::try_from(chains.len())
+        .unwrap_or(u16::MAX)
+        .to_le_bytes();
+    // Each chain filled before the next: all of each but the last, the rest of the frame in it.
+    let mut left = len as u64;
+    let lens: Vec<u32> = chains
+        .iter()
+        .map(|c| {
+            let l = left.min(c.bufs.len);
+            left -= l;
+            // At most a frame's length.
+            u32::try_from(l).unwrap_or(u32::MAX)
+        })
+        .collect();
 
-    let mut lens = Vec::with_capacity(chains.len());
-    let mut done = 0;
-    let mut failed = None;
-    for c in &chains {
-        match c.bufs.write_from(ctx.mem, &st.buf[done..len]) {
-            Ok(w) => {
-                done += w;
-                // At most the chain's length, which came from u32 descriptor lengths of a
-                // chain the iterator bounds.
-                lens.push(u32::try_from(w).unwrap_or(u32::MAX));
-            }
-            Err(f) => {
-                failed = Some(f);
-                break;
-            }
+    let copied = match bounce {
+        Some(buf) => {
+            buf[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&num_buffers);
+            let mut done = 0;
+            chains.iter().try_for_each(|c| {
+                done += c.bufs.write_from(ctx.mem, &buf[done..len])?;
+                Ok(())
+            })
         }
-    }
-    if let Some(f) = failed {
-        // Checked against this same memory when the chain was taken; cannot happen.
-        count(&ctx.metrics.rx_out_of_memory, "frame dropped", &f);
-        lens = vec![0; chains.len()];
-    } else {
-        Metrics::bump(&ctx.metrics.rx_frames);
-        Metrics::add(&ctx.metrics.rx_bytes, (len - HDR_LEN) as u64);
-    }
+        None => chains[0]
+            .bufs
+            .write_at(ctx.mem, NUM_BUFFERS_OFFSET as u64, &num_buffers)
+            .map(|_| ()),
+    };
+    let lens = match copied {
+        Ok(()) => {
+            Metrics::bump(&ctx.metrics.rx_frames);
+            Metrics::add(&ctx.metrics.rx_bytes, (len - HDR_LEN) as u64);
+            lens
+        }
+        Err(f) => {
+            // Checked against this same memory when the chain was taken; cannot happen.
+            count(&ctx.metrics.rx_out_of_memory, "frame dropped", &f);
+            vec![0; chains.len()]
+        }
+    };
     for (c, l) in chains.iter().zip(lens) {
         ring::complete(ctx.metrics, vring, c.head, l);
     }
@@ -296,6 +470,7 @@ pub fn process<T: TapIo>(
         if used {
             ring::notify(ctx.metrics, vring);
         }
+        st.release(vring);
         if outcome != Outcome::NoBuffers || !ctx.event_idx {
             return outcome;
         }

@@ -276,3 +276,83 @@ fn event_idx_signals_only_when_the_driver_asks() {
     assert_eq!(d.rx.used().len(), 1);
     assert!(!d.rx.signalled());
 }
+
+#[test]
+fn frames_are_read_straight_into_buffers_that_hold_the_longest_frame() {
+    let mut d = Device::new(V1 | MRG, 32);
+    let heads: Vec<u16> = (0..20).map(|i| d.rx.chain(&[(buf(i), 4096, W)])).collect();
+    let frames = [payload(100, 20), payload(5000, 21), payload(60, 22)];
+    for f in &frames {
+        inject(&d.net, &with_hdr(tap_hdr(), f));
+    }
+    d.kick_rx();
+    // Each frame in the next chains, in order; the second over two of them.
+    assert_eq!(
+        d.rx.used(),
+        vec![
+            (heads[0], 112),
+            (heads[1], 4096),
+            (heads[2], 916),
+            (heads[3], 72)
+        ]
+    );
+    assert_eq!(d.hdr_at(buf(0)).num_buffers, 1);
+    assert_eq!(d.hdr_at(buf(1)).num_buffers, 2);
+    assert_eq!(d.hdr_at(buf(3)).num_buffers, 1);
+    assert_eq!(d.hdr_at(buf(1)).flags, 2);
+    assert_eq!(d.read(buf(0) + 12, 100), frames[0]);
+    let mut second = d.read(buf(1) + 12, 4084);
+    second.extend(d.read(buf(2), 916));
+    assert_eq!(second, frames[1]);
+    assert_eq!(d.read(buf(3) + 12, 60), frames[2]);
+    assert_eq!(d.count(|m| &m.rx_frames), 3);
+    assert_eq!(d.count(|m| &m.rx_direct), 3);
+    assert_eq!(d.count(|m| &m.rx_bytes), 5160);
+    // The chains taken but not needed went back to the ring: the next frame takes the next.
+    // The 16 left (64 KiB) are short of the longest frame: it goes through the bounce buffer.
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(40, 23)));
+    d.tap_event();
+    assert_eq!(d.rx.used(), vec![(heads[4], 52)]);
+    assert_eq!(d.count(|m| &m.rx_frames), 4);
+    assert_eq!(d.count(|m| &m.rx_direct), 3);
+}
+
+#[test]
+fn direct_reads_drop_short_and_oversized_frames_and_keep_the_buffers() {
+    let mut d = Device::new(V1 | MRG, 32);
+    let heads: Vec<u16> = (0..20).map(|i| d.rx.chain(&[(buf(i), 4096, W)])).collect();
+    inject(&d.net, &[1, 2, 3, 4, 5]);
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(MAX_FRAME + 1, 24)));
+    let frame = payload(60, 25);
+    inject(&d.net, &with_hdr(tap_hdr(), &frame));
+    d.kick_rx();
+    assert_eq!(d.rx.used(), vec![(heads[0], 72)]);
+    assert_eq!(d.read(buf(0) + 12, 60), frame);
+    assert_eq!(d.hdr_at(buf(0)).num_buffers, 1);
+    assert_eq!(d.count(|m| &m.rx_short), 1);
+    assert_eq!(d.count(|m| &m.rx_too_big), 1);
+    assert_eq!(d.count(|m| &m.rx_direct), 1);
+}
+
+#[test]
+fn held_chains_behind_a_chain_returned_empty_stay_held_and_in_order() {
+    let mut d = Device::new(V1 | MRG, 32);
+    let first = d.rx.chain(&[(buf(0), 4096, W)]);
+    let read_only = d.rx.chain(&[(buf(1), 4096, R)]);
+    let rest: Vec<u16> = (2..20).map(|i| d.rx.chain(&[(buf(i), 4096, W)])).collect();
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(100, 26)));
+    d.kick_rx();
+    // The bad chain goes back empty as soon as it is seen, the frame into the first chain.
+    assert_eq!(d.rx.used(), vec![(read_only, 0), (first, 112)]);
+    assert_eq!(d.count(|m| &m.rx_read_only), 1);
+    // The chains after it could not be put back (the used ring has the bad one already):
+    // they are held, and the next frames take them in order, each once.
+    for (i, head) in rest.iter().take(3).enumerate() {
+        let f = payload(30 + i, 27 + i as u8);
+        inject(&d.net, &with_hdr(tap_hdr(), &f));
+        d.tap_event();
+        assert_eq!(d.rx.used(), vec![(*head, 42 + i as u32)]);
+        assert_eq!(d.read(buf(2 + i as u64) + 12, f.len()), f);
+    }
+    assert_eq!(d.count(|m| &m.rx_frames), 4);
+}

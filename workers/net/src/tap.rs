@@ -8,7 +8,7 @@
 //! - [`Tap::from_inherited`] is the worker's check of the descriptor it inherits, made before
 //!   the filter is installed.
 //! - [`TapIo`] is what the data path needs from a tap: one `writev` per transmitted frame, one
-//!   `read` per received frame, and `TUNSETOFFLOAD` once the driver's features are known (the
+//!   `readv` (straight into guest memory) or `read` (into a bounce buffer) per received frame, and `TUNSETOFFLOAD` once the driver's features are known (the
 //!   only ioctl the worker's filter allows). Tests put a `SOCK_SEQPACKET` socket pair behind
 //!   it, which keeps frame boundaries as a tap does.
 //!
@@ -24,6 +24,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
 };
+use vm_memory::VolatileSlice;
 
 use crate::header::HDR_LEN;
 
@@ -66,8 +67,41 @@ pub trait TapIo: Send + Sync {
     fn send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Reads one frame, header first, into `buf`.
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads one frame, header first, straight into guest memory: `bufs` in order, with one
+    /// `readv` (see [`readv_guest`]).
+    fn recv_guest(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
     /// `TUNSETOFFLOAD`: which offloads the kernel may leave to the reader of the tap.
     fn set_offload(&self, flags: u32) -> io::Result<()>;
+}
+
+/// Most buffers one [`readv_guest`] takes (the kernel's `UIO_MAXIOV`).
+pub const MAX_IOV: usize = 1024;
+
+/// One `readv` on `fd` into `bufs`, in order: the receive path's one copy, from the tap
+/// straight into the guest's buffers. Written by hand because `std`'s `read_vectored` wants
+/// `&mut [u8]`, which guest memory cannot be (the guest may write it at any time; `vm-memory`
+/// hands out `VolatileSlice`s for that reason) and `vm-memory` has no vectored read.
+pub fn readv_guest(fd: BorrowedFd<'_>, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    if bufs.len() > MAX_IOV {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // The guards keep the mappings behind the pointers for the duration of the call.
+    let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
+    let iov: Vec<libc::iovec> = guards
+        .iter()
+        .zip(bufs)
+        .map(|(g, b)| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: each iovec is a slice of guest memory that `vm-memory` checked and keeps mapped
+    // while its guard lives (until the end of this function); the kernel writes at most
+    // `iov_len` bytes into each, as a device's DMA would, and no Rust reference to those bytes
+    // exists. The count is at most MAX_IOV, so it fits a c_int.
+    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as c_int) };
+    // A negative count is an error; any other fits usize.
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// `struct ifreq` with the one member TUNSETIFF and TUNGETIFF use, `ifr_flags`.
@@ -252,6 +286,10 @@ impl TapIo for Tap {
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
+    }
+
+    fn recv_guest(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        readv_guest(self.file.as_fd(), bufs)
     }
 
     fn set_offload(&self, flags: u32) -> io::Result<()> {

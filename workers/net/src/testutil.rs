@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,9 @@ use nix::fcntl::OFlag;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, VolatileSlice,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::{NetBackend, TapWatch, RX_QUEUE, TAP_TOKEN, TX_QUEUE};
@@ -179,8 +181,10 @@ impl Ring {
 /// A tap made of one end of a `SOCK_SEQPACKET` pair; the test holds the other end.
 pub struct FakeTap {
     end: File,
-    /// Calls of `recv`.
+    /// Calls of `recv` and `recv_guest`.
     pub reads: AtomicUsize,
+    /// Calls of `recv_guest`.
+    pub direct_reads: AtomicUsize,
     /// `TUNSETOFFLOAD` values, in order.
     pub offloads: Mutex<Vec<u32>>,
     /// While set, `send` fails with EAGAIN, as a full tap does.
@@ -198,6 +202,12 @@ impl TapIo for FakeTap {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         (&self.end).read(buf)
+    }
+
+    fn recv_guest(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.direct_reads.fetch_add(1, Ordering::Relaxed);
+        crate::tap::readv_guest(self.end.as_fd(), bufs)
     }
 
     fn set_offload(&self, flags: u32) -> io::Result<()> {
@@ -223,6 +233,7 @@ pub fn fake_tap() -> (FakeTap, File) {
     let tap = FakeTap {
         end: File::from(a),
         reads: AtomicUsize::new(0),
+        direct_reads: AtomicUsize::new(0),
         offloads: Mutex::new(Vec::new()),
         full: AtomicBool::new(false),
     };

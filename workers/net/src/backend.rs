@@ -158,6 +158,9 @@ pub struct NetBackend<T: TapIo> {
     mem: Mutex<GuestMemoryAtomic<GuestMem>>,
     io: Mutex<Io>,
     watch: OnceLock<Box<dyn TapWatch>>,
+    /// The receive queue's vring (the library's, shared), kept from the first event so that
+    /// stopping the queue can give back the chains the device holds.
+    rx_vring: OnceLock<VringRwLock>,
     metrics: Arc<Metrics>,
     /// The device's span, entered by the library's threads when they call into us.
     span: tracing::Span,
@@ -199,6 +202,7 @@ impl<T: TapIo> NetBackend<T> {
             mem: Mutex::new(mem),
             io: Mutex::new(Io::default()),
             watch: OnceLock::new(),
+            rx_vring: OnceLock::new(),
             metrics,
             span,
         }
@@ -229,6 +233,9 @@ impl<T: TapIo> NetBackend<T> {
             warn!(queues = vrings.len(), "wrong number of queues");
             return;
         };
+        if self.rx_vring.get().is_none() {
+            let _ = self.rx_vring.set(rxq.clone());
+        }
         let mut io = lock(&self.io);
         match device_event {
             RX_QUEUE => {
@@ -407,13 +414,17 @@ impl<T: TapIo> VhostUserBackend for NetBackend<T> {
         self.update_watch(&mut io);
     }
 
-    /// GET_VRING_BASE: the queue stops. A frame waiting for receive buffers, and the chains
-    /// taken for it, belong to the ring that is going away: they are dropped.
+    /// GET_VRING_BASE: the queue stops. Receive chains held for frames to come go back to the
+    /// ring first (the library reads its base after this); a frame waiting for receive buffers,
+    /// and the chains taken for it, belong to the ring that is going away: they are dropped.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         let _g = self.span.enter();
         let mut io = lock(&self.io);
         match queue_index {
             0 => {
+                if let Some(v) = self.rx_vring.get() {
+                    io.rx.give_back(v);
+                }
                 io.rx.clear();
                 io.rx_want_in = false;
                 io.rx_resume = false;

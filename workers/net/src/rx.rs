@@ -10,11 +10,11 @@
 //!
 //! With MRG_RXBUF, chains enough for the longest frame are taken first and the frame is read
 //! with one `readv` straight into them (`rx_direct`): the kernel's copy is the only one, as in
-//! vhost-net. The chains the frame did not need stay with the device for the next frame, and
-//! go back to the available ring when the event ends (unless a chain after them was returned
-//! empty already, or a frame waits), so between events the device holds only what it uses.
-//! When the guest has posted less than the longest frame, or without MRG_RXBUF, the frame is
-//! read into a bounce buffer and copied into the chains once it is known how many it needs.
+//! vhost-net. The chains the frame did not need stay with the device for the next frames (and
+//! go back to the available ring when the queue stops, so the ring's base counts only chains
+//! the guest got back). When the guest has posted less than the longest frame, or without
+//! MRG_RXBUF, the frame is read into a bounce buffer and copied into the chains once it is
+//! known how many it needs.
 //!
 //! The tap is read only when the guest has made receive chains available. When there are none,
 //! the frame already read waits in the bounce buffer (with the chains taken for it so far), the
@@ -109,10 +109,10 @@ impl RxState {
         self.contiguous = true;
     }
 
-    /// Puts the held chains back on the available ring when no frame waits for them and they
-    /// were the last ones taken: between events the device holds no buffer it does not need,
-    /// and a stopped ring's base (GET_VRING_BASE) counts only chains the guest got back.
-    fn release(&mut self, vring: &VringRwLock) {
+    /// The queue stops: puts the held chains back on the available ring when no frame waits
+    /// for them and they were the last ones taken, so that the ring's base (GET_VRING_BASE)
+    /// counts only the chains the guest got back. Then [`RxState::clear`] forgets them.
+    pub fn give_back(&mut self, vring: &VringRwLock) {
         if self.pending.is_some() || !self.contiguous {
             return;
         }
@@ -470,7 +470,6 @@ pub fn process<T: TapIo>(
         if used {
             ring::notify(ctx.metrics, vring);
         }
-        st.release(vring);
         if outcome != Outcome::NoBuffers || !ctx.event_idx {
             return outcome;
         }

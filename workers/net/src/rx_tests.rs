@@ -3,6 +3,7 @@
 //! device into receive chains a hand-driven queue offers, with and without MRG_RXBUF and
 //! EVENT_IDX.
 
+use vhost_user_backend::{VhostUserBackend, VringT};
 use vmm_sys_util::epoll::EventSet;
 
 use super::*;
@@ -308,8 +309,8 @@ fn frames_are_read_straight_into_buffers_that_hold_the_longest_frame() {
     assert_eq!(d.count(|m| &m.rx_frames), 3);
     assert_eq!(d.count(|m| &m.rx_direct), 3);
     assert_eq!(d.count(|m| &m.rx_bytes), 5160);
-    // The chains taken but not needed went back to the ring: the next frame takes the next.
-    // The 16 left (64 KiB) are short of the longest frame: it goes through the bounce buffer.
+    // The chains taken but not needed stay held: the next frame takes the next. The 16 left
+    // (64 KiB) are short of the longest frame: it goes through the bounce buffer.
     inject(&d.net, &with_hdr(tap_hdr(), &payload(40, 23)));
     d.tap_event();
     assert_eq!(d.rx.used(), vec![(heads[4], 52)]);
@@ -355,4 +356,19 @@ fn held_chains_behind_a_chain_returned_empty_stay_held_and_in_order() {
         assert_eq!(d.read(buf(2 + i as u64) + 12, f.len()), f);
     }
     assert_eq!(d.count(|m| &m.rx_frames), 4);
+}
+
+#[test]
+fn stopping_the_queue_gives_the_held_chains_back() {
+    let mut d = Device::new(V1 | MRG, 32);
+    for i in 0..20 {
+        d.rx.chain(&[(buf(i), 4096, W)]);
+    }
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(100, 30)));
+    d.kick_rx();
+    assert_eq!(d.rx.used().len(), 1);
+    // Sixteen more chains were taken to hold the longest frame; stopping puts them back, so
+    // the base is the one chain used.
+    d.backend.stop_vring(0).unwrap();
+    assert_eq!(d.rx.vring.queue_next_avail(), 1);
 }

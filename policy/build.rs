@@ -3,7 +3,7 @@
 //! programs. A missing or malformed layer, an unknown syscall, or a syscall that two layers of one
 //! filter both name fails the build.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -34,6 +34,16 @@ fn main() {
                 .map(|l| l.as_str().expect("layer names are strings"))
                 .collect();
             let rules = compose(&dir.join(arch_name), name, &layers);
+            let syscalls: BTreeSet<&str> =
+                rules.iter().filter_map(|r| r["syscall"].as_str()).collect();
+            writeln!(
+                out,
+                "pub static {}_{}_SYSCALLS: &[&str] = &{:?};",
+                arch_name.to_uppercase(),
+                name.to_uppercase(),
+                syscalls.into_iter().collect::<Vec<_>>()
+            )
+            .unwrap();
             for (action, suffix) in [("kill_process", "KILL"), ("log", "LOG")] {
                 let doc = json!({ name.as_str(): {
                     "mismatch_action": action,
@@ -67,6 +77,17 @@ fn main() {
         for n in &names {
             let base = format!("{}_{}", arch_name.to_uppercase(), n.to_uppercase());
             write!(out, "(\"{n}\", {base}_KILL, {base}_LOG),").unwrap();
+        }
+        out.push_str("];\n");
+        write!(
+            out,
+            "pub static {}_SYSCALLS: &[(&str, &[&str])] = &[",
+            arch_name.to_uppercase()
+        )
+        .unwrap();
+        for n in &names {
+            let base = format!("{}_{}", arch_name.to_uppercase(), n.to_uppercase());
+            write!(out, "(\"{n}\", {base}_SYSCALLS),").unwrap();
         }
         out.push_str("];\n");
     }

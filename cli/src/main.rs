@@ -1,7 +1,9 @@
 //! `ward`: the command line. `run` starts one VM in the foreground through the launcher and
-//! exits when the VM ends; `console` attaches a terminal to a running VM's virtio console.
+//! exits when the VM ends; `console` attaches a terminal to a running VM's virtio console;
+//! `policy show` prints confinement policies.
 
 mod attach;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,9 @@ enum Cmd {
     /// `^]` detaches and leaves the VM running. Exit status: 0 when detached or the console
     /// closed, 1 when the console cannot be reached or is busy.
     Console(ConsoleArgs),
+    /// Confinement policies: `ward policy show [--file F] [KIND...]` prints the effective
+    /// policy of each process kind, with the syscalls each thread kind may make.
+    Policy(policy::PolicyArgs),
 }
 
 #[derive(clap::Args)]
@@ -198,6 +203,13 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Console(args) => match console(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ward: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Policy(args) => match policy::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ward: {e:#}");

@@ -5,7 +5,12 @@
 //! (`common + vhost_user + block` for the block worker). `build.rs` compiles every filter to BPF
 //! at build time and embeds it, so a process kind without a policy cannot be built, let alone
 //! started. See `policy/README.md`.
+//!
+//! [`vm::VmPolicy`] is the per-VM confinement policy (JSON): which of seccomp, namespaces,
+//! Landlock, a uid of the VM's own, rlimits, a cgroup and an SELinux context each process kind
+//! gets, and how firmly.
 
 pub mod seccomp;
+pub mod vm;
 
 pub use seccomp::{Profile, SeccompMode};

@@ -56,7 +56,21 @@ fn table() -> &'static [(&'static str, Insns, Insns)] {
     generated::X86_64_FILTERS
 }
 
+#[cfg(target_arch = "x86_64")]
+fn syscall_table() -> &'static [(&'static str, &'static [&'static str])] {
+    generated::X86_64_SYSCALLS
+}
+
 type Insns = &'static [generated::Insn];
+
+/// The syscalls `profile`'s filter allows (some only with the arguments its rules name),
+/// sorted.
+pub fn allowed_syscalls(profile: Profile) -> &'static [&'static str] {
+    syscall_table()
+        .iter()
+        .find(|(n, _)| *n == profile.name())
+        .map_or(&[], |(_, s)| s)
+}
 
 /// The compiled program for `profile`, or `None` when `mode` is [`SeccompMode::Off`].
 pub fn program(profile: Profile, mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
@@ -101,6 +115,18 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+
+    #[test]
+    fn every_profile_lists_its_syscalls() {
+        for p in Profile::ALL {
+            let s = allowed_syscalls(*p);
+            assert!(s.len() > 20, "{}: {s:?}", p.name());
+            assert!(s.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+            assert!(!s.contains(&"execve") && !s.contains(&"socket"), "{s:?}");
+        }
+        assert!(allowed_syscalls(Profile::CoreVcpu).contains(&"ioctl"));
+        assert!(!allowed_syscalls(Profile::Block).contains(&"ioctl"));
+    }
 
     #[test]
     fn every_profile_has_a_filter_in_both_modes() {

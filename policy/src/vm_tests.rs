@@ -65,7 +65,10 @@ fn malformed_documents_are_refused_with_the_place_named() {
         ("[]", "the policy must be an object, not a list"),
         ("3", "invalid type"),
         (r#"{"block": []}"#, "block must be an object"),
-        (r#"{"net": {"rlimits": [256, 512]}}"#, "rlimits must be an object"),
+        (
+            r#"{"net": {"rlimits": [256, 512]}}"#,
+            "rlimits must be an object",
+        ),
         (r#"{"blok": {}}"#, "unknown field `blok`"),
         (
             r#"{"block": {"seccomp": {"level": "maybe"}}}"#,

@@ -109,6 +109,14 @@ struct RunArgs {
     /// Seccomp enforcement for the core and the workers.
     #[arg(long, default_value = "enforce")]
     seccomp: SeccompMode,
+    /// Confinement policy (JSON, see `ward policy show`); fields it leaves out keep their
+    /// defaults. Without it, the default policy.
+    #[arg(long, value_name = "FILE", conflicts_with = "unconfined")]
+    policy: Option<PathBuf>,
+    /// Start the workers with their seccomp filters only: no namespaces, own uid, Landlock or
+    /// rlimits. For measuring what confinement costs; never for tenants' guests.
+    #[arg(long)]
+    unconfined: bool,
 }
 
 fn parse_mib(s: &str) -> Result<u64, String> {
@@ -328,6 +336,11 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attacher = (virtio && tty)
         .then(|| attach_when_ready(console_socket(&a.name), a.name.clone(), stop.clone()));
+    let vm_policy = if a.unconfined {
+        None
+    } else {
+        Some(policy::load(a.policy.as_ref())?)
+    };
     let spec = VmSpec {
         name: a.name,
         kernel: a.kernel,
@@ -340,6 +353,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         virtio_console,
         nets: a.nets,
         seccomp: a.seccomp,
+        policy: vm_policy,
         bin_dir: std::env::var_os("WARD_BIN_DIR").map(PathBuf::from),
         run_root: None,
     };

@@ -61,7 +61,7 @@ pub fn run(a: &PolicyArgs) -> anyhow::Result<()> {
         let [first, last] = policy.identity.uid_range;
         println!(
             "identity: a uid and gid of its own per VM, from {first}-{last}{}",
-            not_applied_note(Mechanism::OwnUid)
+            not_applied_note(None, Mechanism::OwnUid)
         );
         let c = &policy.cgroup;
         let memory = c.memory_max.map_or_else(
@@ -76,13 +76,13 @@ pub fn run(a: &PolicyArgs) -> anyhow::Result<()> {
             "cgroup v2: {} (memory.max {memory}, pids.max {}, cpu.max {cpu}){}",
             c.level,
             c.pids_max,
-            not_applied_note(Mechanism::Cgroup)
+            not_applied_note(None, Mechanism::Cgroup)
         );
         println!(
             "selinux: {} (domain {}, a category pair per VM){}",
             policy.selinux.level,
             policy.selinux.domain,
-            not_applied_note(Mechanism::Selinux)
+            not_applied_note(None, Mechanism::Selinux)
         );
     }
     Ok(())

@@ -12,6 +12,7 @@
 //!
 //! See `docs/sandboxing.md` for the spawn steps and their order.
 
+mod identity;
 mod runtime;
 mod spawn;
 mod watch;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 
 pub use runtime::{default_root, RuntimeDir};
 use ward_ipc::core::SeccompMode;
+pub use ward_policy::vm::VmPolicy;
 pub use watch::Outcome;
 pub use workers::{old_log_path, ATTACH_SOCKET};
 
@@ -134,6 +136,9 @@ pub struct VmSpec {
     /// Network interfaces (eth0, eth1, … in the guest).
     pub nets: Vec<Net>,
     pub seccomp: SeccompMode,
+    /// The confinement policy the workers enter (the core: seccomp only, for now); `None`:
+    /// none but seccomp (to measure what confinement costs; never for tenants).
+    pub policy: Option<VmPolicy>,
     /// Directory holding `ward-vmm` and the workers; defaults to the running binary's.
     pub bin_dir: Option<PathBuf>,
     /// Parent of the runtime directories; defaults to `$XDG_RUNTIME_DIR/ward` or `/run/ward`.
@@ -229,6 +234,7 @@ mod tests {
             virtio_console: None,
             nets: vec![],
             seccomp: SeccompMode::Enforce,
+            policy: Some(VmPolicy::default()),
             bin_dir: None,
             run_root: None,
         }
@@ -273,5 +279,24 @@ mod tests {
         assert_eq!(&a.0[..3], &[0x52, 0x54, 0x00]);
         assert_ne!(a, generated_mac("vm0", 1));
         assert_ne!(a, generated_mac("vm1", 0));
+    }
+
+    #[test]
+    fn the_weaker_of_flag_and_policy_sets_the_seccomp_mode() {
+        use ward_policy::vm::{Kind, Level, SeccompAction};
+        let mut s = spec();
+        assert_eq!(watch::seccomp_mode(&s, Kind::Net), SeccompMode::Enforce);
+        let mut p = VmPolicy::default();
+        p.net.seccomp.action = SeccompAction::Log;
+        p.block.seccomp.level = Level::Off;
+        s.policy = Some(p);
+        assert_eq!(watch::seccomp_mode(&s, Kind::Net), SeccompMode::Log);
+        assert_eq!(watch::seccomp_mode(&s, Kind::Block), SeccompMode::Off);
+        assert_eq!(watch::seccomp_mode(&s, Kind::Core), SeccompMode::Enforce);
+        s.seccomp = SeccompMode::Off;
+        assert_eq!(watch::seccomp_mode(&s, Kind::Net), SeccompMode::Off);
+        s.seccomp = SeccompMode::Log;
+        s.policy = None;
+        assert_eq!(watch::seccomp_mode(&s, Kind::Console), SeccompMode::Log);
     }
 }

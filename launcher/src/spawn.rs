@@ -21,6 +21,8 @@ pub struct Spawn<'a> {
     pub fds: Vec<BorrowedFd<'a>>,
     /// Label for errors.
     pub what: String,
+    /// The confinement the process enters first (`--confine JSON`), if any.
+    pub confine: Option<String>,
 }
 
 pub fn spawn(s: Spawn<'_>) -> Result<Child> {
@@ -41,10 +43,18 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(s.binary);
     cmd.args(&s.args).env_clear().stdin(Stdio::null());
+    if let Some(c) = &s.confine {
+        cmd.arg("--confine").arg(c);
+    }
     // Not RUST_BACKTRACE: printing a backtrace opens the binary, which confined processes may
     // not do, so a panic would show up as SIGSYS instead of an abort.
     if let Some(v) = std::env::var_os(ward_ipc::log::ENV) {
         cmd.env(ward_ipc::log::ENV, v);
+    }
+    // Debug builds only: the hostile-worker tests' request (see ward_worker::hostile).
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var_os("WARD_HOSTILE_TEST") {
+        cmd.env("WARD_HOSTILE_TEST", v);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (prctl, getppid, sigprocmask, setpgid, dup2) on descriptors that exist.

@@ -12,12 +12,17 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{info, warn};
 use ward_ipc::channel::Channel;
-use ward_ipc::core::{CoreConfig, CoreToLauncher, DeviceConfig, ExitReason, LauncherToCore};
+use ward_ipc::core::{
+    CoreConfig, CoreToLauncher, DeviceConfig, ExitReason, LauncherToCore, SeccompMode,
+};
 use ward_ipc::FdIndex;
+use ward_policy::sandbox::Confinement;
+use ward_policy::vm::Kind;
 
+use crate::identity;
 use crate::runtime::{default_root, RuntimeDir};
 use crate::spawn::{spawn, Spawn, FIRST_FD};
-use crate::workers::{start_block, start_console, start_net, Worker};
+use crate::workers::{start_block, start_console, start_net, Worker, WorkerOpts};
 use crate::{disk_name, Console, Error, Result, VmSpec};
 
 /// How a VM ended, as the launcher saw it.
@@ -228,6 +233,15 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
 
     let root = spec.run_root.clone().unwrap_or_else(default_root);
     let rundir = RuntimeDir::create(&root, &spec.name)?;
+    // The VM's own uid, held until the VM's processes are gone.
+    let lease = match &spec.policy {
+        Some(p) => Some(identity::allocate(
+            Path::new(identity::LOCK_DIR),
+            p.identity.uid_range,
+            &spec.name,
+        )?),
+        None => None,
+    };
     let mut workers: Vec<Worker> = Vec::new();
     let result = start_and_watch(StartArgs {
         spec,
@@ -242,6 +256,7 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         serial_in,
         sigfd: &sigfd,
         workers: &mut workers,
+        uid: lease.as_ref().map(|l| l.uid),
     });
     // Workers end by themselves when the core (their frontend) has gone, logging their
     // counters on the way out: a moment for that, then SIGTERM for any still running.
@@ -260,6 +275,28 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
     result
 }
 
+/// The seccomp mode of `kind`'s processes: the weaker of `--seccomp` and the policy's (a
+/// policy may turn a filter to logging or off for developing it; the flag can only weaken it
+/// further).
+pub(crate) fn seccomp_mode(spec: &VmSpec, kind: Kind) -> SeccompMode {
+    use ward_policy::vm::{Level, SeccompAction};
+    let from_policy = match spec.policy.as_ref().map(|p| &p.process(kind).seccomp) {
+        Some(s) if s.level == Level::Off => SeccompMode::Off,
+        Some(s) if s.action == SeccompAction::Log => SeccompMode::Log,
+        _ => SeccompMode::Enforce,
+    };
+    let rank = |m: SeccompMode| match m {
+        SeccompMode::Off => 0,
+        SeccompMode::Log => 1,
+        SeccompMode::Enforce => 2,
+    };
+    if rank(from_policy) < rank(spec.seccomp) {
+        from_policy
+    } else {
+        spec.seccomp
+    }
+}
+
 struct StartArgs<'a> {
     spec: &'a VmSpec,
     vmm_bin: &'a Path,
@@ -273,17 +310,26 @@ struct StartArgs<'a> {
     serial_in: Option<File>,
     sigfd: &'a SignalFd,
     workers: &'a mut Vec<Worker>,
+    /// The VM's own uid (and gid), when it is confined.
+    uid: Option<u32>,
 }
 
 fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     let spec = a.spec;
-    let seccomp = spec.seccomp.to_string();
+    let opts = |kind: Kind| WorkerOpts {
+        seccomp: seccomp_mode(spec, kind).to_string(),
+        confinement: spec.policy.as_ref().zip(a.uid).map(|(p, uid)| Confinement {
+            policy: p.process(kind).clone(),
+            uid,
+            gid: uid,
+        }),
+    };
     let mut sockets = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
         let bin = a
             .block_bin
             .ok_or(Error::Binary("ward-block", PathBuf::new()))?;
-        let started = start_block(bin, a.rundir, &disk_name(i), disk, &seccomp)?;
+        let started = start_block(bin, a.rundir, &disk_name(i), disk, &opts(Kind::Block))?;
         a.workers.push(started.worker);
         sockets.push((disk_name(i), started.kind, started.stream));
     }
@@ -291,7 +337,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         let bin = a
             .console_bin
             .ok_or(Error::Binary("ward-console", PathBuf::new()))?;
-        let started = start_console(bin, a.rundir, console, &seccomp)?;
+        let started = start_console(bin, a.rundir, console, &opts(Kind::Console))?;
         let name = started.worker.device.clone();
         a.workers.push(started.worker);
         sockets.push((name, started.kind, started.stream));
@@ -301,7 +347,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         let mac = net
             .mac
             .unwrap_or_else(|| crate::generated_mac(&spec.name, i));
-        let started = start_net(bin, a.rundir, i, net, mac, &seccomp)?;
+        let started = start_net(bin, a.rundir, i, net, mac, &opts(Kind::Net))?;
         let name = started.worker.device.clone();
         a.workers.push(started.worker);
         sockets.push((name, started.kind, started.stream));
@@ -313,6 +359,8 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         args: vec!["--control-fd".into(), FIRST_FD.to_string()],
         fds: vec![theirs.as_fd()],
         what: "the core (ward-vmm)".into(),
+        // Not yet: the core keeps its seccomp filters only (see `ward policy show`).
+        confine: None,
     })?;
     drop(theirs);
     info!(pid = core.id(), "core started");
@@ -347,7 +395,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         serial_out: FdIndex(1),
         serial_in: serial_in_idx,
         devices,
-        seccomp: spec.seccomp,
+        seccomp: seccomp_mode(spec, Kind::Core),
     };
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = ours.send(&LauncherToCore::Start(Box::new(cfg)), &raw) {

@@ -11,10 +11,24 @@ use std::process::Child;
 
 use tracing::info;
 use ward_ipc::core::DeviceKind;
+use ward_policy::sandbox::Confinement;
 
 use crate::spawn::{spawn, Spawn, FIRST_FD};
 use crate::watch::{backing_chain, open_disk};
 use crate::{Disk, Error, Net, Result, RuntimeDir, VirtioConsole};
+
+/// What every worker of a VM is started with besides its device: the seccomp mode, and the
+/// confinement it enters (its kind's policy and the VM's uid), if any.
+pub(crate) struct WorkerOpts {
+    pub seccomp: String,
+    pub confinement: Option<Confinement>,
+}
+
+impl WorkerOpts {
+    fn confine(&self) -> Option<String> {
+        self.confinement.as_ref().map(Confinement::to_json)
+    }
+}
 
 /// A running worker.
 pub(crate) struct Worker {
@@ -49,7 +63,7 @@ pub(crate) fn start_block(
     rundir: &RuntimeDir,
     name: &str,
     disk: &Disk,
-    seccomp: &str,
+    opts: &WorkerOpts,
 ) -> Result<Started> {
     let image = open_disk(&disk.path, disk.readonly)?;
     let (format, backing) = backing_chain(&disk.path, &image, disk.format)?;
@@ -62,7 +76,7 @@ pub(crate) fn start_block(
         "--name".to_string(),
         name.to_string(),
         "--seccomp".to_string(),
-        seccomp.to_string(),
+        opts.seccomp.clone(),
         "--format".to_string(),
         format.name().to_string(),
     ];
@@ -80,6 +94,7 @@ pub(crate) fn start_block(
         args,
         fds,
         what: format!("block worker for {name}"),
+        confine: opts.confine(),
     })?;
     info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
     let worker = Worker {
@@ -128,7 +143,7 @@ pub(crate) fn start_console(
     bin: &Path,
     rundir: &RuntimeDir,
     console: &VirtioConsole,
-    seccomp: &str,
+    opts: &WorkerOpts,
 ) -> Result<Started> {
     // The guest's name for it; its vhost-user socket is hvc0.sock beside console.sock.
     let name = "hvc0";
@@ -152,13 +167,14 @@ pub(crate) fn start_console(
         "--name".to_string(),
         name.to_string(),
         "--seccomp".to_string(),
-        seccomp.to_string(),
+        opts.seccomp.clone(),
     ];
     let child = spawn(Spawn {
         binary: bin,
         args,
         fds: vec![listener.as_fd(), attach.as_fd(), log.as_fd(), old.as_fd()],
         what: "console worker".into(),
+        confine: opts.confine(),
     })?;
     info!(pid = child.id(), log = %console.log.display(), "console worker started");
     let worker = Worker {
@@ -181,7 +197,7 @@ pub(crate) fn start_net(
     index: usize,
     net: &Net,
     mac: ward_net::Mac,
-    seccomp: &str,
+    opts: &WorkerOpts,
 ) -> Result<Started> {
     let name = format!("net{index}");
     let tap = ward_net::tap::open_tap(&net.tap).map_err(|e| Error::Tap(net.tap.clone(), e))?;
@@ -196,13 +212,14 @@ pub(crate) fn start_net(
         "--mac".to_string(),
         mac.to_string(),
         "--seccomp".to_string(),
-        seccomp.to_string(),
+        opts.seccomp.clone(),
     ];
     let child = spawn(Spawn {
         binary: bin,
         args,
         fds: vec![listener.as_fd(), tap.as_fd()],
         what: format!("network worker for {name}"),
+        confine: opts.confine(),
     })?;
     info!(device = %name, pid = child.id(), tap = %net.tap, %mac, "network worker started");
     let worker = Worker {

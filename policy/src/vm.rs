@@ -485,21 +485,34 @@ pub enum Mechanism {
     Selinux,
 }
 
-/// Whether this version of ward applies `m` when it starts a VM. What it does not apply yet is
-/// marked as such wherever a policy is shown, rather than shown as if it were in force.
-pub fn applied(m: Mechanism) -> bool {
-    // seccompiler sets no_new_privs as it installs a filter.
-    matches!(m, Mechanism::Seccomp | Mechanism::NoNewPrivs)
+/// Whether this version of ward applies `m` to processes of `kind` (`None`: the VM-wide parts)
+/// when it starts a VM. What it does not apply yet is marked as such wherever a policy is
+/// shown, rather than shown as if it were in force.
+pub fn applied(kind: Option<Kind>, m: Mechanism) -> bool {
+    use Mechanism as M;
+    match (kind, m) {
+        // seccompiler sets no_new_privs as it installs a filter.
+        (Some(_), M::Seccomp | M::NoNewPrivs) => true,
+        // The workers enter the rest in `sandbox::enter`; the core not yet.
+        (Some(Kind::Core), _) => false,
+        (Some(_), M::Namespaces | M::Landlock | M::OwnUid | M::Rlimits) => true,
+        // The VM's uid range: the workers take their uid from it.
+        (None, M::OwnUid) => true,
+        _ => false,
+    }
 }
 
 /// " (not applied by this version)" where `m` is not [`applied`].
-pub fn not_applied_note(m: Mechanism) -> &'static str {
-    if applied(m) {
+pub fn not_applied_note(kind: Option<Kind>, m: Mechanism) -> &'static str {
+    if applied(kind, m) {
         ""
     } else {
         " (not applied by this version)"
     }
 }
+
+/// The namespaces `sandbox::enter` does not create yet.
+pub const NAMESPACES_NOT_APPLIED: [Namespace; 2] = [Namespace::User, Namespace::Pid];
 
 /// The effective policy of one process kind, as `ward policy show` prints it.
 pub fn describe(policy: &VmPolicy, kind: Kind) -> String {
@@ -528,31 +541,47 @@ pub fn describe(policy: &VmPolicy, kind: Kind) -> String {
         .map(|n| format!("{n:?}").to_lowercase())
         .collect();
     use Mechanism as M;
+    let k = Some(kind);
+    let partly = if applied(k, M::Namespaces) {
+        let missing: Vec<String> = p
+            .namespaces
+            .kinds
+            .iter()
+            .filter(|n| NAMESPACES_NOT_APPLIED.contains(n))
+            .map(|n| format!("{n:?}").to_lowercase())
+            .collect();
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} not applied by this version)", missing.join(", "))
+        }
+    } else {
+        not_applied_note(k, M::Namespaces).to_owned()
+    };
     let _ = writeln!(
         out,
-        "  namespaces: {} ({}){}",
+        "  namespaces: {} ({}){partly}",
         p.namespaces.level,
         kinds.join(", "),
-        not_applied_note(M::Namespaces)
     );
     let _ = writeln!(
         out,
         "  landlock: {}{}",
         p.landlock,
-        not_applied_note(M::Landlock)
+        not_applied_note(k, M::Landlock)
     );
     let [first, last] = policy.identity.uid_range;
     let _ = writeln!(
         out,
         "  own uid/gid: {} (from {first}-{last}), no capabilities{}",
         p.own_uid,
-        not_applied_note(M::OwnUid)
+        not_applied_note(k, M::OwnUid)
     );
     let _ = writeln!(
         out,
         "  no_new_privs: {}{}",
         p.no_new_privs,
-        not_applied_note(M::NoNewPrivs)
+        not_applied_note(k, M::NoNewPrivs)
     );
     let r = &p.rlimits;
     let _ = writeln!(
@@ -562,7 +591,7 @@ pub fn describe(policy: &VmPolicy, kind: Kind) -> String {
         r.nproc,
         r.memlock,
         r.core,
-        not_applied_note(M::Rlimits)
+        not_applied_note(k, M::Rlimits)
     );
     out
 }

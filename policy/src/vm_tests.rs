@@ -191,16 +191,19 @@ fn show_counts_the_syscalls_of_every_thread_kind() {
     );
     assert!(net.contains("rlimits: nofile 256, nproc 512, memlock 65536, core 0"));
     // What this version does not apply is marked, not shown as in force.
-    for m in [
-        Mechanism::Namespaces,
-        Mechanism::Landlock,
-        Mechanism::Rlimits,
-    ] {
-        if !applied(m) {
-            assert!(net.contains(not_applied_note(m)), "{net}");
-        }
-    }
-    assert!(applied(Mechanism::Seccomp));
+    assert!(applied(Some(Kind::Net), Mechanism::Landlock));
+    assert!(
+        net.contains("(user, pid not applied by this version)"),
+        "{net}"
+    );
+    assert!(!net.contains("landlock: required (not applied"), "{net}");
+    assert!(!applied(Some(Kind::Core), Mechanism::Landlock));
+    assert!(
+        core.contains("landlock: required (not applied by this version)"),
+        "{core}"
+    );
+    assert!(applied(Some(Kind::Core), Mechanism::Seccomp));
+    assert!(!applied(None, Mechanism::Cgroup));
     assert_eq!("block".parse::<Kind>().unwrap(), Kind::Block);
     assert!("disk".parse::<Kind>().is_err());
 }

@@ -3,7 +3,8 @@
 
 use std::error::Error;
 
-use tracing::error;
+use tracing::{error, info};
+use ward_policy::sandbox::{self, Confinement};
 
 /// Default log filter. virtio-queue logs some guest-caused ring errors itself, without a rate
 /// limit; the workers count those themselves (and log them rate-limited), so its own lines
@@ -12,6 +13,29 @@ pub const DEFAULT_LOG: &str = "warn,virtio_queue=off";
 
 /// The exit code of a worker whose frontend disconnected (the VM is gone).
 pub const OK: i32 = 0;
+
+/// The exit code of a worker that could not enter the confinement the launcher asked for.
+pub const CONFINE: i32 = 7;
+
+/// Enters the confinement handed over with `--confine` (see `ward_policy::sandbox`), first
+/// thing in `main`, while the process is single-threaded and has read nothing it does not
+/// control. Without one (a worker run by hand or by a test), nothing happens. On failure the
+/// error is logged and [`CONFINE`] returned, to exit with.
+pub fn confine(json: Option<&str>) -> Result<(), i32> {
+    let Some(json) = json else {
+        return Ok(());
+    };
+    match Confinement::parse(json).and_then(|c| sandbox::enter(&c)) {
+        Ok(report) => {
+            info!(%report, "confined");
+            Ok(())
+        }
+        Err(e) => {
+            error!("cannot enter the confinement: {}", chain(&e));
+            Err(CONFINE)
+        }
+    }
+}
 
 /// The error and its causes, outermost first, separated by `": "`.
 pub fn chain(e: &dyn Error) -> String {

@@ -15,9 +15,13 @@
 //! - `dev` (feature `test-support`): the integration tests' helpers: spawning a worker binary
 //!   the way the launcher does and driving a vhost-user frontend session.
 //!
+//! - `hostile` (debug builds only): a confined worker that tries to break out, for the tests.
+//!
 //! Each worker keeps its own `Config`, its own `Error` and its own exit codes.
 
 pub mod exit;
+#[cfg(debug_assertions)]
+pub mod hostile;
 pub mod metrics;
 pub mod serve;
 pub mod vring;

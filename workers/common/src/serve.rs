@@ -105,6 +105,8 @@ where
     // Every thread exists now but the frontend's request thread, which inherits the filter.
     ward_policy::seccomp::apply_to_process(profile, seccomp).map_err(ServeError::Seccomp)?;
     info!("seccomp filter installed; waiting for the frontend");
+    #[cfg(debug_assertions)]
+    crate::hostile::attempt(profile.name());
     hooks.before_accept()?;
 
     let mut listener = Listener::from(listener);

@@ -33,6 +33,10 @@ struct Args {
     /// Seccomp filter mode: enforce, log or off.
     #[arg(long, default_value = "enforce")]
     seccomp: SeccompMode,
+    /// Confinement to enter before anything else (JSON, from the launcher; see
+    /// ward_policy::sandbox). Without it the worker runs unconfined but for seccomp.
+    #[arg(long, value_name = "JSON")]
+    confine: Option<String>,
 }
 
 impl TryFrom<Args> for Config {
@@ -54,7 +58,11 @@ impl TryFrom<Args> for Config {
 
 fn main() {
     ward_ipc::log::init(ward_worker::exit::DEFAULT_LOG);
-    let cfg = Config::try_from(Args::parse());
+    let args = Args::parse();
+    if let Err(code) = ward_worker::exit::confine(args.confine.as_deref()) {
+        std::process::exit(code);
+    }
+    let cfg = Config::try_from(args);
     std::process::exit(ward_worker::exit::code(
         cfg,
         exit_code::USAGE,

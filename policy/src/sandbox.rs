@@ -1,0 +1,386 @@
+//! Entering a process's confinement from inside it, first thing after exec, while it is
+//! still single-threaded and before it reads anything it does not control:
+//!
+//! 1. rlimits (NOFILE, NPROC, MEMLOCK, CORE=0);
+//! 2. new namespaces: mount, ipc, uts, net (empty: loopback only), cgroup;
+//! 3. in the new mount namespace, a new root: an empty read-only tmpfs (pivot_root), so no
+//!    host path exists for the process any more (it works on the descriptors it was given);
+//! 4. its own uid and gid (the VM's), no supplementary groups, which drops every capability;
+//!    the parent-death signal, which the kernel clears on a uid change, is set again;
+//! 5. no_new_privs, and a Landlock domain that handles every filesystem and network right
+//!    and allows none, scoped (abstract sockets, signals) to itself.
+//!
+//! The seccomp filter comes last, from the process's own code (`seccomp::apply_to_*`), once
+//! its threads exist. Each step the policy marks `required` that cannot be applied is an error
+//! (the process exits; the launcher reports it); a `preferred` step that cannot be applied is
+//! reported in [`Report`]. User and pid namespaces are not applied by this version (they are
+//! reported as such).
+
+use std::ffi::CStr;
+use std::fmt;
+
+use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, Scope, ABI};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::unistd::{chdir, pivot_root, setgroups, setresgid, setresuid, Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::vm::{Level, Namespace, ProcessPolicy};
+
+/// What the launcher hands a process (`--confine JSON`): its kind's policy and the VM's ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confinement {
+    pub policy: ProcessPolicy,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Malformed confinement: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("Cannot set rlimit {0}")]
+    Rlimit(&'static str, #[source] nix::Error),
+    #[error("Cannot enter new namespaces ({0})")]
+    Unshare(String, #[source] nix::Error),
+    #[error("Cannot make a new empty root ({0})")]
+    Root(&'static str, #[source] nix::Error),
+    #[error("Cannot take uid {uid} and gid {gid} ({what})")]
+    Identity {
+        uid: u32,
+        gid: u32,
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("The launcher died while this process was being confined")]
+    Orphaned,
+    #[error("Cannot set the parent-death signal again")]
+    DeathSignal(#[source] nix::Error),
+    #[error("Landlock is required but {0}")]
+    Landlock(String),
+    #[error("Cannot set no_new_privs")]
+    NoNewPrivs(#[source] nix::Error),
+    #[error("uid {0} would be root: a confined process never runs as root")]
+    RootUid(u32),
+}
+
+/// What was applied, and what was not (only where the policy allowed that).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub applied: Vec<String>,
+    pub not_applied: Vec<String>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "applied: {}", self.applied.join(", "))?;
+        if !self.not_applied.is_empty() {
+            write!(f, "; not applied: {}", self.not_applied.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl Confinement {
+    pub fn parse(json: &str) -> Result<Self, Error> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Plain data: serialising it cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The namespaces this version creates, with their clone flags.
+const SUPPORTED: [(Namespace, CloneFlags); 5] = [
+    (Namespace::Mount, CloneFlags::CLONE_NEWNS),
+    (Namespace::Ipc, CloneFlags::CLONE_NEWIPC),
+    (Namespace::Uts, CloneFlags::CLONE_NEWUTS),
+    (Namespace::Net, CloneFlags::CLONE_NEWNET),
+    (Namespace::Cgroup, CloneFlags::CLONE_NEWCGROUP),
+];
+
+/// Enters `c` (see the module documentation).
+pub fn enter(c: &Confinement) -> Result<Report, Error> {
+    // The launcher, for the parent-death check after the uid change.
+    let parent = nix::unistd::getppid().as_raw();
+    let p = &c.policy;
+    let mut report = Report::default();
+    if c.uid == 0 || c.gid == 0 {
+        return Err(Error::RootUid(c.uid.min(c.gid)));
+    }
+
+    // 1. rlimits.
+    for (name, res, value) in [
+        ("NOFILE", Resource::RLIMIT_NOFILE, p.rlimits.nofile),
+        ("NPROC", Resource::RLIMIT_NPROC, p.rlimits.nproc),
+        ("MEMLOCK", Resource::RLIMIT_MEMLOCK, p.rlimits.memlock),
+        ("CORE", Resource::RLIMIT_CORE, p.rlimits.core),
+    ] {
+        setrlimit(res, value, value).map_err(|e| Error::Rlimit(name, e))?;
+    }
+    report.applied.push("rlimits".into());
+
+    // 2. and 3. namespaces and the new root.
+    if p.namespaces.level.is_on() {
+        let mut flags = CloneFlags::empty();
+        let mut names = Vec::new();
+        for ns in &p.namespaces.kinds {
+            match SUPPORTED.iter().find(|(n, _)| n == ns) {
+                Some((_, f)) => {
+                    flags |= *f;
+                    names.push(format!("{ns:?}").to_lowercase());
+                }
+                None => report
+                    .not_applied
+                    .push(format!("{} namespace", format!("{ns:?}").to_lowercase())),
+            }
+        }
+        match unshare(flags) {
+            Ok(()) => {
+                if flags.contains(CloneFlags::CLONE_NEWNS) {
+                    empty_root()?;
+                    names.push("empty root".into());
+                }
+                report
+                    .applied
+                    .push(format!("namespaces ({})", names.join(", ")));
+            }
+            Err(e) if p.namespaces.level == Level::Required => {
+                return Err(Error::Unshare(names.join(", "), e));
+            }
+            Err(e) => report.not_applied.push(format!("namespaces: {e}")),
+        }
+    }
+
+    // 4. identity.
+    if p.own_uid.is_on() {
+        let id_err = |what, source| Error::Identity {
+            uid: c.uid,
+            gid: c.gid,
+            what,
+            source,
+        };
+        let step = setgroups(&[])
+            .map_err(|e| id_err("setgroups", e))
+            .and_then(|()| {
+                let g = Gid::from_raw(c.gid);
+                setresgid(g, g, g).map_err(|e| id_err("setresgid", e))
+            })
+            .and_then(|()| {
+                let u = Uid::from_raw(c.uid);
+                setresuid(u, u, u).map_err(|e| id_err("setresuid", e))
+            });
+        match step {
+            Ok(()) => {
+                death_signal(parent)?;
+                report
+                    .applied
+                    .push(format!("uid {} gid {}, no capabilities", c.uid, c.gid));
+            }
+            Err(e) if p.own_uid == Level::Required => return Err(e),
+            Err(e) => report.not_applied.push(format!("own uid: {e}")),
+        }
+    }
+
+    // 5. no_new_privs and Landlock.
+    if p.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(Error::NoNewPrivs)?;
+        report.applied.push("no_new_privs".into());
+    }
+    if p.landlock.is_on() {
+        match landlock_nothing() {
+            Ok(RulesetStatus::FullyEnforced) => report.applied.push("landlock".into()),
+            Ok(RulesetStatus::PartiallyEnforced) => report
+                .applied
+                .push("landlock (partially: an older kernel ABI)".into()),
+            Ok(RulesetStatus::NotEnforced) if p.landlock == Level::Required => {
+                return Err(Error::Landlock("the kernel does not enforce it".into()));
+            }
+            Ok(RulesetStatus::NotEnforced) => report
+                .not_applied
+                .push("landlock: not supported by this kernel".into()),
+            Err(e) if p.landlock == Level::Required => return Err(Error::Landlock(e)),
+            Err(e) => report.not_applied.push(format!("landlock: {e}")),
+        }
+    }
+    Ok(report)
+}
+
+/// Directories one of which the new root's tmpfs is mounted on (in the process's own mount
+/// namespace only; the host's stays as it is).
+const ROOT_MOUNT_POINTS: [&str; 3] = ["/tmp", "/mnt", "/run"];
+
+/// In the new mount namespace: nothing propagates back to the host, and the root becomes an
+/// empty read-only tmpfs; the old root is detached.
+fn empty_root() -> Result<(), Error> {
+    let none: Option<&CStr> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| Error::Root("make the mounts private", e))?;
+    let at = ROOT_MOUNT_POINTS
+        .into_iter()
+        .find(|d| std::path::Path::new(d).is_dir())
+        .ok_or(Error::Root(
+            "find a directory to mount it on",
+            nix::Error::ENOENT,
+        ))?;
+    mount(
+        Some(c"tmpfs"),
+        at,
+        Some(c"tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(c"size=4k,mode=0555"),
+    )
+    .map_err(|e| Error::Root("mount a tmpfs", e))?;
+    // pivot_root(".", ".") stacks the old root on the tmpfs, and detaching "." removes it from
+    // this namespace.
+    chdir(at).map_err(|e| Error::Root("chdir", e))?;
+    pivot_root(".", ".").map_err(|e| Error::Root("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::Root("detach the old root", e))?;
+    chdir("/").map_err(|e| Error::Root("chdir", e))?;
+    mount(
+        none,
+        "/",
+        none,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| Error::Root("make the root read-only", e))
+}
+
+/// PR_SET_PDEATHSIG again (a uid change clears it), and the launcher still there.
+fn death_signal(parent: i32) -> Result<(), Error> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(Error::DeathSignal)?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(Error::Orphaned);
+    }
+    Ok(())
+}
+
+/// A Landlock domain that handles every right the crate knows and grants none: no path can be
+/// opened, no TCP port bound or connected, no abstract socket outside the domain reached, no
+/// process outside it signalled. Best effort on older kernels (the status says how much).
+fn landlock_nothing() -> Result<RulesetStatus, String> {
+    let abi = ABI::V6;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.scope(Scope::from_all(abi)))
+        .and_then(|r| r.create())
+        .and_then(|r| r.restrict_self())
+        .map_err(|e| e.to_string())?;
+    Ok(status.ruleset)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::process::Command;
+
+    use super::*;
+    use crate::vm::VmPolicy;
+
+    /// Child half of `entering_confines_the_process`: runs only when re-executed by it.
+    #[test]
+    fn sandbox_child() {
+        let Ok(json) = std::env::var("WARD_SANDBOX_TEST") else {
+            return;
+        };
+        let c = Confinement::parse(&json).unwrap();
+        let report = enter(&c).unwrap();
+        println!("REPORT {report}");
+        println!("UID {} {}", Uid::current(), Gid::current());
+        let root: Vec<_> = std::fs::read_dir("/").map_or(Vec::new(), |d| d.flatten().collect());
+        println!("ROOT {}", root.len());
+        println!("PASSWD {}", std::fs::read("/etc/passwd").is_ok());
+        println!("WRITE {}", std::fs::write("/x", b"x").is_ok());
+        let mut ifaces = BTreeSet::new();
+        // SAFETY: if_nameindex returns NULL or an array ended by an entry with index 0, whose
+        // names are NUL-terminated strings; it is read up to that entry and freed once.
+        unsafe {
+            let list = libc::if_nameindex();
+            let mut i = 0;
+            while !list.is_null() && (*list.add(i)).if_index != 0 {
+                ifaces.insert(
+                    CStr::from_ptr((*list.add(i)).if_name)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                i += 1;
+            }
+            if !list.is_null() {
+                libc::if_freenameindex(list);
+            }
+        }
+        println!("IFACES {ifaces:?}");
+        println!(
+            "SETUID0 {}",
+            setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
+        );
+    }
+
+    /// Root only: enters the default worker confinement in a child process and looks at it from
+    /// inside.
+    #[test]
+    fn entering_confines_the_process() {
+        if !Uid::effective().is_root() {
+            eprintln!("\n*** SKIPPED entering_confines_the_process: needs root ***\n");
+            return;
+        }
+        let c = Confinement {
+            policy: VmPolicy::default().block,
+            uid: 912_345,
+            gid: 912_345,
+        };
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sandbox::tests::sandbox_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("WARD_SANDBOX_TEST", c.to_json())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for want in [
+            "UID 912345 912345",
+            "ROOT 0",
+            "PASSWD false",
+            "WRITE false",
+            "IFACES {\"lo\"}",
+            "SETUID0 false",
+            "namespaces (mount, ipc, uts, net, cgroup, empty root)",
+            "no_new_privs",
+            "landlock",
+            "not applied: user namespace, pid namespace",
+        ] {
+            assert!(text.contains(want), "{want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn root_ids_are_refused() {
+        let c = Confinement {
+            policy: VmPolicy::default().net,
+            uid: 0,
+            gid: 5,
+        };
+        assert!(matches!(enter(&c), Err(Error::RootUid(0))));
+    }
+}

@@ -1,0 +1,176 @@
+//! Every worker `ward run` starts is confined by the default policy, checked from outside while
+//! the VM runs: the VM's own uid and gid (not root, no capabilities), no_new_privs, seccomp on
+//! every thread, new mount, net, ipc, uts and cgroup namespaces, an empty root, the policy's
+//! rlimits; and two VMs at once get different uids. (What a confined worker that tries to break
+//! out meets is tests/tests/hostile_worker.rs's business.)
+
+use std::process::Child;
+use std::time::Duration;
+
+use ward_tests::{children_named, finish, kvm_available, seccomp_modes, NetNs, TempDir, WardRun};
+
+/// The default policy's uid range.
+const UIDS: std::ops::RangeInclusive<u32> = 900_000..=965_535;
+
+fn status_field(pid: u32, key: &str) -> String {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    st.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{st}"))
+}
+
+/// The limit line of /proc/<pid>/limits that starts with `what`, as (soft, hard).
+fn limit(pid: u32, what: &str) -> (String, String) {
+    let l = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = l
+        .lines()
+        .find(|x| x.starts_with(what))
+        .unwrap_or_else(|| panic!("no {what} in:\n{l}"));
+    let mut v = line[what.len()..].split_whitespace();
+    (v.next().unwrap().into(), v.next().unwrap().into())
+}
+
+fn ns(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Checks one worker; returns its uid.
+fn confined(pid: u32, what: &str) -> u32 {
+    let uids: Vec<u32> = status_field(pid, "Uid:")
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 4, "{what}");
+    assert!(uids.iter().all(|u| *u == uids[0]), "{what}: uids {uids:?}");
+    let uid = uids[0];
+    assert!(UIDS.contains(&uid), "{what} runs as uid {uid}");
+    let gids: Vec<u32> = status_field(pid, "Gid:")
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    assert!(gids.iter().all(|g| *g == uid), "{what}: gids {gids:?}");
+    assert_eq!(status_field(pid, "Groups:"), "", "{what}");
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(status_field(pid, cap), "0000000000000000", "{what} {cap}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1", "{what}");
+    let modes = seccomp_modes(pid);
+    assert!(
+        modes.len() >= 2 && modes.iter().all(|(_, m)| m == "2"),
+        "{what}: {modes:?}"
+    );
+    for kind in ["mnt", "net", "ipc", "uts", "cgroup"] {
+        assert_ne!(
+            ns(&pid.to_string(), kind),
+            ns("self", kind),
+            "{what} shares the {kind} namespace"
+        );
+    }
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("the worker's root")
+        .collect();
+    assert!(root.is_empty(), "{what} sees files in its root: {root:?}");
+    assert_eq!(limit(pid, "Max open files"), ("256".into(), "256".into()));
+    assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
+    assert_eq!(limit(pid, "Max processes"), ("512".into(), "512".into()));
+    uid
+}
+
+fn stop(child: Child, run: &WardRun) -> String {
+    // SAFETY: kill with a valid signal on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let f = finish(child, run.console_log(), Duration::from_secs(30));
+    f.stderr
+}
+
+#[test]
+fn workers_run_confined_by_the_default_policy() {
+    if !kvm_available("workers_run_confined_by_the_default_policy") {
+        return;
+    }
+    let Some(netns) = NetNs::create("workers_run_confined_by_the_default_policy") else {
+        return;
+    };
+    let dir = TempDir::new("confine");
+    let disk = dir.image("d.img", 1 << 20);
+    // Devices in order: the disk (0), the console (1), the network (2).
+    let mut run = WardRun::probe(&dir, "conf-a", "cons-echo:1:1");
+    // The guest waits for console input (that never comes) while the test looks around.
+    run.cmdline += " probe.timeout_ms=120000";
+    run.virtio_console = true;
+    run.disks.push(disk.display().to_string());
+    run.extra = vec!["--net".into(), "tap=wcf0".into()];
+    let mut a = run.spawn_in(&netns);
+    run.wait_serial(
+        Some(&mut a),
+        "PROBE cons-echo:1:1 waiting",
+        Duration::from_secs(30),
+    );
+
+    let mut uid = None;
+    for comm in ["ward-block", "ward-console", "ward-net"] {
+        let pids = children_named(a.id(), comm);
+        assert_eq!(pids.len(), 1, "{comm}: {pids:?}");
+        let u = confined(pids[0], comm);
+        // One uid for the whole VM.
+        assert_eq!(*uid.get_or_insert(u), u, "{comm}");
+    }
+
+    // A second VM at the same time gets a uid of its own.
+    let mut run_b = WardRun::probe(&dir, "conf-b", "cons-echo:0:1");
+    run_b.cmdline += " probe.timeout_ms=120000";
+    run_b.virtio_console = true;
+    let mut b = run_b.spawn();
+    run_b.wait_serial(
+        Some(&mut b),
+        "PROBE cons-echo:0:1 waiting",
+        Duration::from_secs(30),
+    );
+    let console_b = children_named(b.id(), "ward-console");
+    assert_eq!(console_b.len(), 1);
+    let uid_b = confined(console_b[0], "b's ward-console");
+    assert_ne!(Some(uid_b), uid, "two VMs share a uid");
+
+    let log_b = stop(b, &run_b);
+    let log_a = stop(a, &run);
+    // Each worker said what it entered; the user and pid namespaces are not made yet.
+    for log in [&log_a, &log_b] {
+        assert!(log.contains("confined"), "{log}");
+        assert!(log.contains("landlock"), "{log}");
+        assert!(
+            log.contains("not applied: user namespace, pid namespace"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn unconfined_runs_keep_seccomp_only() {
+    if !kvm_available("unconfined_runs_keep_seccomp_only") {
+        return;
+    }
+    let dir = TempDir::new("unconfined");
+    let mut run = WardRun::probe(&dir, "unconf", "cons-echo:0:1");
+    run.cmdline += " probe.timeout_ms=120000";
+    run.virtio_console = true;
+    run.extra = vec!["--unconfined".into()];
+    let mut c = run.spawn();
+    run.wait_serial(
+        Some(&mut c),
+        "PROBE cons-echo:0:1 waiting",
+        Duration::from_secs(30),
+    );
+    let pid = children_named(c.id(), "ward-console")[0];
+    assert!(seccomp_modes(pid).iter().all(|(_, m)| m == "2"));
+    assert_eq!(
+        ns(&pid.to_string(), "mnt"),
+        ns("self", "mnt"),
+        "an unconfined worker has its own mount namespace"
+    );
+    let log = stop(c, &run);
+    assert!(!log.contains("confined:"), "{log}");
+}

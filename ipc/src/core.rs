@@ -144,6 +144,8 @@ pub mod exit_code {
     pub const GUEST_SHUTDOWN: i32 = 3;
     pub const STOPPED: i32 = 4;
     pub const WORKER_LOST: i32 = 5;
+    /// The confinement the launcher asked for could not be entered.
+    pub const CONFINE: i32 = 7;
 }
 
 #[cfg(test)]

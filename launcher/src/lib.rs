@@ -4,7 +4,8 @@
 //! 2. Open each disk image (the only process that opens paths), bind a listening vhost-user
 //!    socket for it, and spawn one `ward-block` per disk with exactly those two descriptors;
 //!    likewise one `ward-console` with its socket, an attach socket and its two log files.
-//! 3. Spawn `ward-vmm` with one end of a control channel, and send it the configuration plus
+//! 3. Spawn `ward-vmm` with one end of a control channel and an open `/dev/kvm`, each process
+//!    with `--confine` (its kind's policy and the VM's uid), and send the core the configuration plus
 //!    the kernel, initrd, serial descriptors and a connected socket to each worker.
 //! 4. Watch: the core's report, children exiting, and SIGINT/SIGTERM/SIGHUP. When the core ends,
 //!    end the workers; when a worker dies first, tell the core to stop and name the worker.

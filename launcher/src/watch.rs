@@ -297,6 +297,9 @@ pub(crate) fn seccomp_mode(spec: &VmSpec, kind: Kind) -> SeccompMode {
     }
 }
 
+/// The KVM device the launcher opens for the core.
+const KVM_PATH: &str = "/dev/kvm";
+
 struct StartArgs<'a> {
     spec: &'a VmSpec,
     vmm_bin: &'a Path,
@@ -354,14 +357,37 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     }
 
     let (ours, theirs) = Channel::pair()?;
+    // The core opens no path either: /dev/kvm is handed over like everything else.
+    let kvm = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(KVM_PATH)
+        .map_err(|e| Error::Open {
+            what: "KVM device",
+            path: KVM_PATH.into(),
+            source: e,
+        })?;
     let mut core = spawn(Spawn {
         binary: a.vmm_bin,
-        args: vec!["--control-fd".into(), FIRST_FD.to_string()],
-        fds: vec![theirs.as_fd()],
+        args: vec![
+            "--control-fd".into(),
+            FIRST_FD.to_string(),
+            "--kvm-fd".into(),
+            (FIRST_FD + 1).to_string(),
+        ],
+        fds: vec![theirs.as_fd(), kvm.as_fd()],
         what: "the core (ward-vmm)".into(),
-        // Not yet: the core keeps its seccomp filters only (see `ward policy show`).
-        confine: None,
+        confine: spec.policy.as_ref().zip(a.uid).map(|(p, uid)| {
+            Confinement {
+                policy: p.core.clone(),
+                uid,
+                gid: uid,
+            }
+            .to_json()
+        }),
     })?;
+    drop(kvm);
     drop(theirs);
     info!(pid = core.id(), "core started");
 

@@ -493,8 +493,7 @@ pub fn applied(kind: Option<Kind>, m: Mechanism) -> bool {
     match (kind, m) {
         // seccompiler sets no_new_privs as it installs a filter.
         (Some(_), M::Seccomp | M::NoNewPrivs) => true,
-        // The workers enter the rest in `sandbox::enter`; the core not yet.
-        (Some(Kind::Core), _) => false,
+        // Every process enters the rest in `sandbox::enter`.
         (Some(_), M::Namespaces | M::Landlock | M::OwnUid | M::Rlimits) => true,
         // The VM's uid range: the workers take their uid from it.
         (None, M::OwnUid) => true,

@@ -1,5 +1,5 @@
-//! Every worker `ward run` starts is confined by the default policy, checked from outside while
-//! the VM runs: the VM's own uid and gid (not root, no capabilities), no_new_privs, seccomp on
+//! Every process `ward run` starts for a VM (the core and each worker) is confined by the
+//! default policy, checked from outside while the VM runs: the VM's own uid and gid (not root, no capabilities), no_new_privs, seccomp on
 //! every thread, new mount, net, ipc, uts and cgroup namespaces, an empty root, the policy's
 //! rlimits; and two VMs at once get different uids. (What a confined worker that tries to break
 //! out meets is tests/tests/hostile_worker.rs's business.)
@@ -38,8 +38,8 @@ fn ns(pid: &str, kind: &str) -> String {
         .into_owned()
 }
 
-/// Checks one worker; returns its uid.
-fn confined(pid: u32, what: &str) -> u32 {
+/// Checks one process of a VM (`nofile`: its policy's descriptor limit); returns its uid.
+fn confined(pid: u32, what: &str, nofile: &str) -> u32 {
     let uids: Vec<u32> = status_field(pid, "Uid:")
         .split_whitespace()
         .map(|u| u.parse().unwrap())
@@ -74,7 +74,11 @@ fn confined(pid: u32, what: &str) -> u32 {
         .expect("the worker's root")
         .collect();
     assert!(root.is_empty(), "{what} sees files in its root: {root:?}");
-    assert_eq!(limit(pid, "Max open files"), ("256".into(), "256".into()));
+    assert_eq!(
+        limit(pid, "Max open files"),
+        (nofile.into(), nofile.into()),
+        "{what}"
+    );
     assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
     assert_eq!(limit(pid, "Max processes"), ("512".into(), "512".into()));
     uid
@@ -88,11 +92,11 @@ fn stop(child: Child, run: &WardRun) -> String {
 }
 
 #[test]
-fn workers_run_confined_by_the_default_policy() {
-    if !kvm_available("workers_run_confined_by_the_default_policy") {
+fn every_process_of_a_vm_runs_confined() {
+    if !kvm_available("every_process_of_a_vm_runs_confined") {
         return;
     }
-    let Some(netns) = NetNs::create("workers_run_confined_by_the_default_policy") else {
+    let Some(netns) = NetNs::create("every_process_of_a_vm_runs_confined") else {
         return;
     };
     let dir = TempDir::new("confine");
@@ -112,10 +116,15 @@ fn workers_run_confined_by_the_default_policy() {
     );
 
     let mut uid = None;
-    for comm in ["ward-block", "ward-console", "ward-net"] {
+    for (comm, nofile) in [
+        ("ward-block", "256"),
+        ("ward-console", "256"),
+        ("ward-net", "256"),
+        ("ward-vmm", "1024"),
+    ] {
         let pids = children_named(a.id(), comm);
         assert_eq!(pids.len(), 1, "{comm}: {pids:?}");
-        let u = confined(pids[0], comm);
+        let u = confined(pids[0], comm, nofile);
         // One uid for the whole VM.
         assert_eq!(*uid.get_or_insert(u), u, "{comm}");
     }
@@ -132,12 +141,12 @@ fn workers_run_confined_by_the_default_policy() {
     );
     let console_b = children_named(b.id(), "ward-console");
     assert_eq!(console_b.len(), 1);
-    let uid_b = confined(console_b[0], "b's ward-console");
+    let uid_b = confined(console_b[0], "b's ward-console", "256");
     assert_ne!(Some(uid_b), uid, "two VMs share a uid");
 
     let log_b = stop(b, &run_b);
     let log_a = stop(a, &run);
-    // Each worker said what it entered; the user and pid namespaces are not made yet.
+    // Each process said what it entered; the user and pid namespaces are not made yet.
     for log in [&log_a, &log_b] {
         assert!(log.contains("confined"), "{log}");
         assert!(log.contains("landlock"), "{log}");

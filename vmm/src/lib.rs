@@ -59,6 +59,8 @@ pub enum Error {
 
 /// The descriptors a [`CoreConfig`] names, taken out of the start message.
 pub struct CoreFds {
+    /// `/dev/kvm`, opened by the launcher (a confined core cannot open it); `None`: open it.
+    pub kvm: Option<File>,
     pub kernel: File,
     pub initrd: Option<File>,
     pub serial_out: File,
@@ -99,7 +101,7 @@ pub fn run(
     }
 
     let ram = Arc::new(memory::GuestRam::new(cfg.memory_mib)?);
-    let vm = vm::Vm::new(&ram)?;
+    let vm = vm::Vm::new(&ram, fds.kvm.take())?;
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
 
     // Every exchange with a worker runs against a deadline (see virtio::watchdog).

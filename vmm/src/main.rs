@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use ward_ipc::channel::Channel;
 use ward_ipc::core::{exit_code, CoreToLauncher, ExitReason, LauncherToCore};
+use ward_policy::sandbox::{self, Confinement};
 use ward_vmm::CoreFds;
 
 #[derive(Parser)]
@@ -20,6 +21,13 @@ struct Args {
     /// Inherited descriptor of the control channel to the launcher.
     #[arg(long)]
     control_fd: RawFd,
+    /// Inherited descriptor of an open `/dev/kvm` (without it, the core opens it).
+    #[arg(long)]
+    kvm_fd: Option<RawFd>,
+    /// Confinement to enter before anything else (JSON, from the launcher; see
+    /// ward_policy::sandbox).
+    #[arg(long, value_name = "JSON")]
+    confine: Option<String>,
 }
 
 fn main() {
@@ -29,9 +37,33 @@ fn main() {
         eprintln!("ward-vmm: --control-fd must be an inherited descriptor above 2");
         std::process::exit(exit_code::USAGE);
     }
+    let kvm = match args.kvm_fd {
+        Some(fd) if fd > 2 && fd != args.control_fd => {
+            // SAFETY: the launcher passes this descriptor (an open /dev/kvm) to us alone, and it
+            // is not the control channel's.
+            Some(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        }
+        Some(fd) => {
+            eprintln!("ward-vmm: --kvm-fd {fd} must be an inherited descriptor above 2");
+            std::process::exit(exit_code::USAGE);
+        }
+        None => None,
+    };
     // SAFETY: the launcher passes this descriptor to us and nothing else in this process uses it.
     let control = unsafe { Channel::from_raw_fd(args.control_fd) };
-    let reason = match serve(&control) {
+    // First, single-threaded, before anything is read: the confinement.
+    if let Some(json) = &args.confine {
+        match Confinement::parse(json).and_then(|c| sandbox::enter(&c)) {
+            Ok(report) => tracing::info!(%report, "confined"),
+            Err(e) => {
+                let why = format!("cannot enter the confinement: {e}");
+                eprintln!("ward-vmm: {why}");
+                let _ = control.send(&CoreToLauncher::Exited(ExitReason::Error(why)), &[]);
+                std::process::exit(exit_code::CONFINE);
+            }
+        }
+    }
+    let reason = match serve(&control, kvm) {
         Ok(r) => r,
         Err(e) => ExitReason::Error(format!("{e:#}")),
     };
@@ -49,7 +81,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn serve(control: &Channel) -> anyhow::Result<ExitReason> {
+fn serve(control: &Channel, kvm: Option<File>) -> anyhow::Result<ExitReason> {
     let mut start = control
         .recv::<LauncherToCore>()
         .context("no start message from the launcher")?;
@@ -61,6 +93,7 @@ fn serve(control: &Channel) -> anyhow::Result<ExitReason> {
         Ok(File::from(r.take_fd(i)?))
     };
     let fds = CoreFds {
+        kvm,
         kernel: file(&mut start, cfg.kernel).context("kernel")?,
         initrd: cfg
             .initrd

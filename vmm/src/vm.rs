@@ -36,8 +36,16 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn new(ram: &GuestRam) -> Result<Self, Error> {
-        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    /// The VM on `kvm` (an open `/dev/kvm`), or on a `/dev/kvm` opened here.
+    pub fn new(ram: &GuestRam, kvm: Option<std::fs::File>) -> Result<Self, Error> {
+        let kvm = match kvm {
+            // SAFETY: the descriptor is an open /dev/kvm that we own (the launcher opened it
+            // and handed it over); Kvm takes ownership of it.
+            Some(f) => unsafe {
+                <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(f))
+            },
+            None => Kvm::new().map_err(Error::OpenKvm)?,
+        };
         let v = kvm.get_api_version();
         if v != 12 {
             return Err(Error::ApiVersion(v));

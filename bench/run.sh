@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds release binaries and runs ward against QEMU side by side; prints a Markdown report.
 #   bench/run.sh [--runs N] [--burst N] [--linux-runs N] [--no-linux] [--no-probe] [--no-net]
-#                [--no-probe-net] [--no-linux-boot] [--net-frames N] [--net-mib N] [--convert-mib N]
+#                [--no-probe-net] [--no-linux-boot] [--no-confine] [--net-frames N] [--net-mib N]
+#                [--convert-mib N]
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"

@@ -2,6 +2,7 @@
 //! and ward/QEMU ratios) for BENCHMARKS.md. Run it through `bench/run.sh`, which builds release
 //! binaries first.
 
+mod confine;
 mod convert;
 mod linux;
 mod measure;
@@ -37,6 +38,9 @@ struct Args {
     /// Skip the probe guest's start-up and block benchmarks.
     #[arg(long)]
     no_probe: bool,
+    /// Skip the cost-of-confinement benchmark (ward confined against ward --unconfined).
+    #[arg(long)]
+    no_confine: bool,
     /// Skip both network benchmarks (probe and Linux guest; ward-net against QEMU vhost=off).
     #[arg(long)]
     no_net: bool,
@@ -110,6 +114,9 @@ fn main() -> anyhow::Result<()> {
         let results = probe::run(&setup)?;
         println!("{}", probe::report_raw(&setup, &results));
         println!("{}", probe::report_qcow2(&setup, &results));
+    }
+    if !args.no_confine {
+        println!("{}", confine::run(&setup)?);
     }
     if !args.no_net && !args.no_probe_net {
         let net = net::Setup {

@@ -86,12 +86,12 @@ impl Workload {
         Workload::RandWriteNew,
     ];
 
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         Self::ALL.iter().position(|&w| w == self).expect("listed")
     }
 
     /// The probe's scenario (see guest/probe/README.md, `blk-burst`).
-    fn scenario(self, burst: u64) -> String {
+    pub fn scenario(self, burst: u64) -> String {
         let (op, order) = match self {
             Workload::SeqRead => ("read", "seq"),
             Workload::SeqWrite => ("write", "seq"),
@@ -101,7 +101,7 @@ impl Workload {
         format!("blk-burst:0:{burst}:{REQ_SIZE}:{op}:{order}")
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Workload::SeqRead => "4 KiB sequential reads",
             Workload::SeqWrite => "4 KiB sequential writes",
@@ -117,6 +117,9 @@ impl Workload {
 pub struct Config {
     pub vmm: Vmm,
     pub format: Format,
+    /// ward only: run the workers and the core under the default confinement policy (else
+    /// `--unconfined`: seccomp filters only).
+    pub confined: bool,
 }
 
 /// The four configurations, in the order of the first round.
@@ -124,18 +127,22 @@ const CONFIGS: [Config; 4] = [
     Config {
         vmm: Vmm::Ward,
         format: Format::Raw,
+        confined: true,
     },
     Config {
         vmm: Vmm::Ward,
         format: Format::Qcow2,
+        confined: true,
     },
     Config {
         vmm: Vmm::Qemu,
         format: Format::Qcow2,
+        confined: true,
     },
     Config {
         vmm: Vmm::Qemu,
         format: Format::Raw,
+        confined: true,
     },
 ];
 
@@ -179,6 +186,9 @@ fn command(s: &Setup, c: Config, image: &Path, scenarios: &str, n: usize) -> Com
                 .arg("--disk")
                 .arg(format!("{},format={format}", image.display()))
                 .env("XDG_RUNTIME_DIR", &s.dir);
+            if !c.confined {
+                cmd.arg("--unconfined");
+            }
             cmd
         }
         Vmm::Qemu => {
@@ -224,7 +234,7 @@ impl Results {
     }
 }
 
-fn one(s: &Setup, c: Config, image: &Path, scenarios: &str, n: usize) -> anyhow::Result<Run> {
+pub fn one(s: &Setup, c: Config, image: &Path, scenarios: &str, n: usize) -> anyhow::Result<Run> {
     let r = measure::run(command(s, c, image, scenarios, n), Duration::from_secs(300))?;
     if !r.success || r.line("PROBE DONE").is_none() {
         anyhow::bail!(
@@ -237,7 +247,7 @@ fn one(s: &Setup, c: Config, image: &Path, scenarios: &str, n: usize) -> anyhow:
     Ok(r)
 }
 
-fn rate(s: &Setup, r: &Run, prefix: &str) -> anyhow::Result<f64> {
+pub fn rate(s: &Setup, r: &Run, prefix: &str) -> anyhow::Result<f64> {
     let line = r.line(prefix).unwrap_or_default();
     anyhow::ensure!(
         line.contains(" OK ") && r.value(prefix, "errors") == Some(0),
@@ -250,7 +260,7 @@ fn rate(s: &Setup, r: &Run, prefix: &str) -> anyhow::Result<f64> {
 }
 
 /// The benchmark's images.
-struct Images {
+pub struct Images {
     dir: PathBuf,
     ward_img: PathBuf,
     /// Fully allocated, by format.
@@ -259,7 +269,7 @@ struct Images {
 }
 
 impl Images {
-    fn make(s: &Setup) -> anyhow::Result<Self> {
+    pub fn make(s: &Setup) -> anyhow::Result<Self> {
         let ward_img = s.bin_dir.join("ward-img");
         let raw = s.dir.join("bench-disk.img");
         fill(&raw, DISK_SIZE)?;
@@ -281,7 +291,7 @@ impl Images {
         })
     }
 
-    fn allocated(&self, f: Format) -> PathBuf {
+    pub fn allocated(&self, f: Format) -> PathBuf {
         match f {
             Format::Raw => self.raw.clone(),
             Format::Qcow2 => self.qcow2.clone(),
@@ -289,7 +299,7 @@ impl Images {
     }
 
     /// A newly created image, as a user makes one: a sparse raw file, or `ward-img create`.
-    fn new_image(&self, f: Format) -> anyhow::Result<PathBuf> {
+    pub fn new_image(&self, f: Format) -> anyhow::Result<PathBuf> {
         let p = self.dir.join(format!("bench-new.{}", f.name()));
         let _ = std::fs::remove_file(&p);
         match f {
@@ -382,7 +392,7 @@ fn range(v: &[f64]) -> String {
     format!("{lo:.0}–{hi:.0}")
 }
 
-fn cell(v: &[f64], unit: &str) -> String {
+pub fn cell(v: &[f64], unit: &str) -> String {
     format!("{:.1} {unit} ({})", median(v.to_vec()), range(v))
 }
 
@@ -395,7 +405,7 @@ fn verdict(ratio: f64, min: f64, better_low: bool) -> &'static str {
     }
 }
 
-fn footer(s: &Setup) -> String {
+pub fn footer(s: &Setup) -> String {
     format!(
         "\n{} runs each, interleaved; {} requests of {} KiB per burst over a {} MiB disk; TSC {} \
          kHz.\n",

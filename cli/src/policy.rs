@@ -72,18 +72,21 @@ pub fn run(a: &PolicyArgs) -> anyhow::Result<()> {
             || "no limit".to_owned(),
             |c| format!("{}/{} µs", c.quota_us, c.period_us),
         );
+        let host = ward_policy::host::support();
         println!(
             "cgroup v2: {} (memory.max {memory}, pids.max {}, cpu.max {cpu}){}",
             c.level,
             c.pids_max,
             not_applied_note(None, Mechanism::Cgroup)
         );
+        println!("  {}", host.cgroup_line());
         println!(
             "selinux: {} (domain {}, a category pair per VM){}",
             policy.selinux.level,
             policy.selinux.domain,
             not_applied_note(None, Mechanism::Selinux)
         );
+        println!("  {}", host.selinux_line());
     }
     Ok(())
 }

@@ -39,6 +39,13 @@ fn the_default_policy_of_every_kind_with_its_syscall_counts() {
     assert!(vcpu < main && vcpu > 10, "{out}");
     assert!(out.contains("cgroup v2: preferred"), "{out}");
     assert!(out.contains("selinux: preferred"), "{out}");
+    // What this host offers, said plainly (this one has no SELinux and cgroup v1 only; the
+    // nested machine's kernel differs, so only the form is checked).
+    assert!(out.contains("this host: SELinux is"), "{out}");
+    assert!(
+        out.contains("this host: ") && out.contains("cgroup"),
+        "{out}"
+    );
 
     let (ok, net, _) = ward(&["policy", "show", "net"]);
     assert!(ok);

@@ -10,6 +10,7 @@
 //! Landlock, a uid of the VM's own, rlimits, a cgroup and an SELinux context each process kind
 //! gets, and how firmly.
 
+pub mod host;
 pub mod sandbox;
 pub mod seccomp;
 pub mod vm;

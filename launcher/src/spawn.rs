@@ -23,6 +23,9 @@ pub struct Spawn<'a> {
     pub what: String,
     /// The confinement the process enters first (`--confine JSON`), if any.
     pub confine: Option<String>,
+    /// Make the process's next child the first of a new pid namespace (the confinement then
+    /// says `fork_into_pid_ns`).
+    pub new_pid_ns: bool,
 }
 
 pub fn spawn(s: Spawn<'_>) -> Result<Child> {
@@ -41,6 +44,7 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
         .collect::<Result<_>>()?;
     let raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
     let parent = std::process::id() as libc::pid_t;
+    let new_pid_ns = s.new_pid_ns;
     let mut cmd = Command::new(s.binary);
     cmd.args(&s.args).env_clear().stdin(Stdio::null());
     if let Some(c) = &s.confine {
@@ -57,7 +61,7 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
         cmd.env("WARD_HOSTILE_TEST", v);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, sigprocmask, setpgid, dup2) on descriptors that exist.
+    // (prctl, getppid, sigprocmask, setpgid, unshare, dup2) on descriptors that exist.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -74,6 +78,9 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if new_pid_ns && libc::unshare(libc::CLONE_NEWPID) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             for (i, fd) in raw.iter().enumerate() {

@@ -297,6 +297,24 @@ pub(crate) fn seccomp_mode(spec: &VmSpec, kind: Kind) -> SeccompMode {
     }
 }
 
+/// What a process of `kind` enters first: its part of the VM's policy, the VM's uid, and a
+/// pid namespace of its own when the policy lists one (the launcher prepares it, the process
+/// forks into it); `None` when the VM runs unconfined.
+fn confinement(spec: &VmSpec, kind: Kind, uid: Option<u32>) -> Option<Confinement> {
+    let (policy, uid) = spec.policy.as_ref().zip(uid)?;
+    let p = policy.process(kind);
+    Some(Confinement {
+        fork_into_pid_ns: p.namespaces.level.is_on()
+            && p.namespaces
+                .kinds
+                .contains(&ward_policy::vm::Namespace::Pid),
+        seccomp: seccomp_mode(spec, kind),
+        policy: p.clone(),
+        uid,
+        gid: uid,
+    })
+}
+
 /// The KVM device the launcher opens for the core.
 const KVM_PATH: &str = "/dev/kvm";
 
@@ -321,11 +339,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     let spec = a.spec;
     let opts = |kind: Kind| WorkerOpts {
         seccomp: seccomp_mode(spec, kind).to_string(),
-        confinement: spec.policy.as_ref().zip(a.uid).map(|(p, uid)| Confinement {
-            policy: p.process(kind).clone(),
-            uid,
-            gid: uid,
-        }),
+        confinement: confinement(spec, kind, a.uid),
     };
     let mut sockets = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
@@ -368,6 +382,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
             path: KVM_PATH.into(),
             source: e,
         })?;
+    let core_confinement = confinement(spec, Kind::Core, a.uid);
     let mut core = spawn(Spawn {
         binary: a.vmm_bin,
         args: vec![
@@ -378,14 +393,10 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         ],
         fds: vec![theirs.as_fd(), kvm.as_fd()],
         what: "the core (ward-vmm)".into(),
-        confine: spec.policy.as_ref().zip(a.uid).map(|(p, uid)| {
-            Confinement {
-                policy: p.core.clone(),
-                uid,
-                gid: uid,
-            }
-            .to_json()
-        }),
+        confine: core_confinement.as_ref().map(Confinement::to_json),
+        new_pid_ns: core_confinement
+            .as_ref()
+            .is_some_and(|c| c.fork_into_pid_ns),
     })?;
     drop(kvm);
     drop(theirs);

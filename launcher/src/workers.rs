@@ -28,6 +28,12 @@ impl WorkerOpts {
     fn confine(&self) -> Option<String> {
         self.confinement.as_ref().map(Confinement::to_json)
     }
+
+    fn new_pid_ns(&self) -> bool {
+        self.confinement
+            .as_ref()
+            .is_some_and(|c| c.fork_into_pid_ns)
+    }
 }
 
 /// A running worker.
@@ -95,6 +101,7 @@ pub(crate) fn start_block(
         fds,
         what: format!("block worker for {name}"),
         confine: opts.confine(),
+        new_pid_ns: opts.new_pid_ns(),
     })?;
     info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
     let worker = Worker {
@@ -175,6 +182,7 @@ pub(crate) fn start_console(
         fds: vec![listener.as_fd(), attach.as_fd(), log.as_fd(), old.as_fd()],
         what: "console worker".into(),
         confine: opts.confine(),
+        new_pid_ns: opts.new_pid_ns(),
     })?;
     info!(pid = child.id(), log = %console.log.display(), "console worker started");
     let worker = Worker {
@@ -220,6 +228,7 @@ pub(crate) fn start_net(
         fds: vec![listener.as_fd(), tap.as_fd()],
         what: format!("network worker for {name}"),
         confine: opts.confine(),
+        new_pid_ns: opts.new_pid_ns(),
     })?;
     info!(device = %name, pid = child.id(), tap = %net.tap, %mac, "network worker started");
     let worker = Worker {

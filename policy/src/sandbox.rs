@@ -10,11 +10,17 @@
 //! 5. no_new_privs, and a Landlock domain that handles every filesystem and network right
 //!    and allows none, scoped (abstract sockets, signals) to itself.
 //!
+//! 6. with a pid namespace: the launcher made the process's next child the first of a new pid
+//!    namespace (`unshare(CLONE_NEWPID)` before exec); the process forks, the child goes on as
+//!    the worker (or core) as pid 1 of its own namespace, seeing no other process, and the
+//!    parent, confined the same way, closes every descriptor, installs the `reaper` filter and
+//!    only waits, ending as the child ends.
+//!
 //! The seccomp filter comes last, from the process's own code (`seccomp::apply_to_*`), once
 //! its threads exist. Each step the policy marks `required` that cannot be applied is an error
 //! (the process exits; the launcher reports it); a `preferred` step that cannot be applied is
-//! reported in [`Report`]. User and pid namespaces are not applied by this version (they are
-//! reported as such).
+//! reported in [`Report`]. The user namespace is not applied by this version (reported as
+//! such).
 
 use std::ffi::CStr;
 use std::fmt;
@@ -26,6 +32,7 @@ use nix::sys::resource::{setrlimit, Resource};
 use nix::unistd::{chdir, pivot_root, setgroups, setresgid, setresuid, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::{Profile, SeccompMode};
 use crate::vm::{Level, Namespace, ProcessPolicy};
 
 /// What the launcher hands a process (`--confine JSON`): its kind's policy and the VM's ids.
@@ -35,6 +42,13 @@ pub struct Confinement {
     pub policy: ProcessPolicy,
     pub uid: u32,
     pub gid: u32,
+    /// The launcher made this process's next child the first process of a new pid namespace
+    /// (`unshare(CLONE_NEWPID)` before exec): fork into it (see [`enter`]).
+    #[serde(default)]
+    pub fork_into_pid_ns: bool,
+    /// The process's seccomp mode, for the filter of the parent left behind by that fork.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +79,8 @@ pub enum Error {
     NoNewPrivs(#[source] nix::Error),
     #[error("uid {0} would be root: a confined process never runs as root")]
     RootUid(u32),
+    #[error("Cannot fork into the new pid namespace")]
+    Fork(#[source] nix::Error),
 }
 
 /// What was applied, and what was not (only where the policy allowed that).
@@ -95,7 +111,8 @@ impl Confinement {
     }
 }
 
-/// The namespaces this version creates, with their clone flags.
+/// The namespaces this process creates itself, with their clone flags (the pid namespace is
+/// the launcher's to create, before exec; see [`Confinement::fork_into_pid_ns`]).
 const SUPPORTED: [(Namespace, CloneFlags); 5] = [
     (Namespace::Mount, CloneFlags::CLONE_NEWNS),
     (Namespace::Ipc, CloneFlags::CLONE_NEWIPC),
@@ -135,6 +152,8 @@ pub fn enter(c: &Confinement) -> Result<Report, Error> {
                     flags |= *f;
                     names.push(format!("{ns:?}").to_lowercase());
                 }
+                // Entered at the end, by forking (when the launcher prepared it).
+                None if *ns == Namespace::Pid && c.fork_into_pid_ns => {}
                 None => report
                     .not_applied
                     .push(format!("{} namespace", format!("{ns:?}").to_lowercase())),
@@ -208,7 +227,60 @@ pub fn enter(c: &Confinement) -> Result<Report, Error> {
             Err(e) => report.not_applied.push(format!("landlock: {e}")),
         }
     }
+
+    // 6. pid namespace: the fork's child is the namespace's first process and goes on as the
+    // worker (or core); the parent, confined like it, waits and ends as the child ends.
+    if c.fork_into_pid_ns {
+        // SAFETY: the process is single-threaded here (enter's precondition: it runs first
+        // thing in main), so the child may run any code after fork.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                // Dies with the parent, which dies with the launcher.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(Error::DeathSignal)?;
+                report.applied.push("pid namespace".into());
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => reap(child, c.seccomp),
+            Err(e) if p.namespaces.level == Level::Required => return Err(Error::Fork(e)),
+            Err(e) => report.not_applied.push(format!("pid namespace: {e}")),
+        }
+    }
     Ok(report)
+}
+
+/// The parent left outside the pid namespace: closes every descriptor it inherited (they are
+/// the child's), installs the `reaper` filter, waits for the child and ends the same way: its
+/// exit code, or its fatal signal raised again. Never returns.
+fn reap(child: nix::unistd::Pid, mode: SeccompMode) -> ! {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    // SAFETY: close_range on descriptors 3 and up; nothing in this process uses them any more
+    // (it only waits from here on).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if crate::seccomp::apply_to_thread(Profile::Reaper, mode).is_err() {
+        // Without its filter it must not go on: the child dies with it (parent-death signal).
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(1) };
+    }
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                // SAFETY: _exit ends the process at once.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                // SAFETY: the default action for the child's fatal signal, then the signal
+                // raised on this process; _exit if it did not end it.
+                unsafe {
+                    libc::signal(sig as libc::c_int, libc::SIG_DFL);
+                    libc::kill(libc::getpid(), sig as libc::c_int);
+                    libc::_exit(128 + sig as libc::c_int)
+                }
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            // SAFETY: _exit ends the process at once.
+            Err(_) => unsafe { libc::_exit(1) },
+        }
+    }
 }
 
 /// Directories one of which the new root's tmpfs is mounted on (in the process's own mount
@@ -341,6 +413,8 @@ mod tests {
             policy: VmPolicy::default().block,
             uid: 912_345,
             gid: 912_345,
+            fork_into_pid_ns: false,
+            seccomp: SeccompMode::Enforce,
         };
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -380,6 +454,8 @@ mod tests {
             policy: VmPolicy::default().net,
             uid: 0,
             gid: 5,
+            fork_into_pid_ns: false,
+            seccomp: SeccompMode::Enforce,
         };
         assert!(matches!(enter(&c), Err(Error::RootUid(0))));
     }

@@ -511,7 +511,7 @@ pub fn not_applied_note(kind: Option<Kind>, m: Mechanism) -> &'static str {
 }
 
 /// The namespaces `sandbox::enter` does not create yet.
-pub const NAMESPACES_NOT_APPLIED: [Namespace; 2] = [Namespace::User, Namespace::Pid];
+pub const NAMESPACES_NOT_APPLIED: [Namespace; 1] = [Namespace::User];
 
 /// The effective policy of one process kind, as `ward policy show` prints it.
 pub fn describe(policy: &VmPolicy, kind: Kind) -> String {

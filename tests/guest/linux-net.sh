@@ -109,6 +109,9 @@ seccomp_check() { # label ward-pid: Seccomp: of every thread of its ward-net wor
     ws=$(children_named "$2" ward-net)
     [ -n "$ws" ] || echo "LINUX-NET $1 seccomp no ward-net child of $2"
     for w in $ws; do
+        # In a pid namespace of its own, the worker is the child of ward's child of that name.
+        inner=$(children_named "$w" ward-net)
+        [ -n "$inner" ] && w=$inner
         modes=
         n=0
         for t in /proc/"$w"/task/*; do

@@ -430,6 +430,16 @@ pub fn children_named(pid: u32, comm: &str) -> Vec<u32> {
     out
 }
 
+/// The processes named `comm` that ward (`pid`) started, as they do the work: a child of that
+/// name, or, when the child is the parent left outside a pid namespace (it has a child of the
+/// same name, the namespace's first process), that grandchild.
+pub fn workers_named(pid: u32, comm: &str) -> Vec<u32> {
+    children_named(pid, comm)
+        .into_iter()
+        .map(|c| children_named(c, comm).first().copied().unwrap_or(c))
+        .collect()
+}
+
 /// The `Seccomp:` mode of every thread of `pid`, as (tid, mode).
 pub fn seccomp_modes(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();

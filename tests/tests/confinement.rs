@@ -1,7 +1,7 @@
 //! Every process `ward run` starts for a VM (the core and each worker) is confined by the
 //! default policy, checked from outside while the VM runs: the VM's own uid and gid (not root, no capabilities), no_new_privs, seccomp on
-//! every thread, new mount, net, ipc, uts and cgroup namespaces, an empty root, the policy's
-//! rlimits; and two VMs at once get different uids. (What a confined worker that tries to break
+//! every thread, new mount, net, ipc, uts, cgroup and pid namespaces (pid 1 of its own, with
+//! a waiting parent outside), an empty root, the policy's rlimits; and two VMs at once get different uids. (What a confined worker that tries to break
 //! out meets is tests/tests/hostile_worker.rs's business.)
 
 use std::process::Child;
@@ -60,7 +60,7 @@ fn confined(pid: u32, what: &str, nofile: &str) -> u32 {
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1", "{what}");
     let modes = seccomp_modes(pid);
     assert!(
-        modes.len() >= 2 && modes.iter().all(|(_, m)| m == "2"),
+        !modes.is_empty() && modes.iter().all(|(_, m)| m == "2"),
         "{what}: {modes:?}"
     );
     for kind in ["mnt", "net", "ipc", "uts", "cgroup"] {
@@ -122,11 +122,30 @@ fn every_process_of_a_vm_runs_confined() {
         ("ward-net", "256"),
         ("ward-vmm", "1024"),
     ] {
-        let pids = children_named(a.id(), comm);
-        assert_eq!(pids.len(), 1, "{comm}: {pids:?}");
-        let u = confined(pids[0], comm, nofile);
-        // One uid for the whole VM.
-        assert_eq!(*uid.get_or_insert(u), u, "{comm}");
+        // ward's child is the parent left outside the process's pid namespace; its one child,
+        // of the same name, is the process at work, pid 1 of that namespace.
+        let outer = children_named(a.id(), comm);
+        assert_eq!(outer.len(), 1, "{comm}: {outer:?}");
+        let inner = children_named(outer[0], comm);
+        assert_eq!(inner.len(), 1, "{comm} has no child in its pid namespace");
+        for (pid, what) in [(outer[0], "outside"), (inner[0], "inside")] {
+            let u = confined(pid, &format!("{comm} ({what})"), nofile);
+            // One uid for the whole VM.
+            assert_eq!(*uid.get_or_insert(u), u, "{comm}");
+        }
+        // The parent only waits: one thread, under its own small filter.
+        assert_eq!(seccomp_modes(outer[0]).len(), 1, "{comm}");
+        assert!(seccomp_modes(inner[0]).len() >= 2, "{comm}");
+        assert_ne!(
+            ns(&inner[0].to_string(), "pid"),
+            ns("self", "pid"),
+            "{comm} shares the pid namespace"
+        );
+        let nspid = status_field(inner[0], "NSpid:");
+        assert!(
+            nspid.split_whitespace().last() == Some("1"),
+            "{comm} is not pid 1 of its namespace: {nspid}"
+        );
     }
 
     // A second VM at the same time gets a uid of its own.
@@ -139,19 +158,19 @@ fn every_process_of_a_vm_runs_confined() {
         "PROBE cons-echo:0:1 waiting",
         Duration::from_secs(30),
     );
-    let console_b = children_named(b.id(), "ward-console");
+    let console_b = ward_tests::workers_named(b.id(), "ward-console");
     assert_eq!(console_b.len(), 1);
     let uid_b = confined(console_b[0], "b's ward-console", "256");
     assert_ne!(Some(uid_b), uid, "two VMs share a uid");
 
     let log_b = stop(b, &run_b);
     let log_a = stop(a, &run);
-    // Each process said what it entered; the user and pid namespaces are not made yet.
+    // Each process said what it entered; the user namespace is not made yet.
     for log in [&log_a, &log_b] {
         assert!(log.contains("confined"), "{log}");
         assert!(log.contains("landlock"), "{log}");
         assert!(
-            log.contains("not applied: user namespace, pid namespace"),
+            log.contains("landlock, pid namespace; not applied: user namespace"),
             "{log}"
         );
     }

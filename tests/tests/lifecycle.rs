@@ -6,7 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use ward_tests::{
-    alive, children_named, finish, kvm_available, seccomp_modes, wait_for, TempDir, WardRun,
+    alive, finish, kvm_available, seccomp_modes, wait_for, workers_named, TempDir, WardRun,
 };
 
 /// Starts a probe guest that idles forever with one disk, and waits until it runs.
@@ -22,8 +22,8 @@ fn start_idle(dir: &TempDir, name: &str) -> (WardRun, std::process::Child, u32, 
             .filter(|s| s.contains("PROBE idle:0 started"))
     });
     assert!(started.is_some(), "probe did not start idling");
-    let core = children_named(pid, "ward-vmm");
-    let worker = children_named(pid, "ward-block");
+    let core = workers_named(pid, "ward-vmm");
+    let worker = workers_named(pid, "ward-block");
     assert_eq!(
         (core.len(), worker.len()),
         (1, 1),

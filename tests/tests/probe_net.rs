@@ -9,7 +9,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use ward_tests::{
-    children_named, finish, kvm_available, net_payload, net_payload_seq, seccomp_modes, wait_for,
+    finish, kvm_available, net_payload, net_payload_seq, seccomp_modes, wait_for, workers_named,
     NetNs, TempDir, WardRun,
 };
 
@@ -292,7 +292,7 @@ fn the_net_worker_is_confined_and_its_death_ends_the_vm() {
     let mut child = run.spawn_in(&ns);
     // `ip netns exec` execs ward, so the workers are the child's children.
     let worker = wait_for(Duration::from_secs(30), || {
-        children_named(child.id(), "ward-net").first().copied()
+        workers_named(child.id(), "ward-net").first().copied()
     })
     .expect("network worker started");
     wait_serial(&run, &mut child, "PROBE idle:30000 started");

@@ -69,7 +69,7 @@ fn console_sessions_attach_detach_takeover_and_the_log() {
     let (mut a, reply) = attach(&sock, "attach\n");
     assert_eq!(reply, "ok");
     // The worker is confined on every thread.
-    let worker = children_named(child.id(), "ward-console")[0];
+    let worker = ward_tests::workers_named(child.id(), "ward-console")[0];
     let modes = seccomp_modes(worker);
     assert!(
         !modes.is_empty() && modes.iter().all(|(_, m)| m == "2"),

@@ -200,7 +200,33 @@ impl VmSpec {
 /// Starts the VM and waits for it to end.
 pub fn run(spec: &VmSpec) -> Result<Outcome> {
     spec.validate()?;
+    if let Some(what) = needs_root(spec) {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::Spec(format!(
+                "the confinement policy requires {what}, which only root can give the VM's \
+                 processes: run ward as root, or pass a policy (--policy) that does not \
+                 require it, or --unconfined"
+            )));
+        }
+    }
     watch::run(spec)
+}
+
+/// What the VM's policy requires that only a root launcher can apply (a uid of the VM's own,
+/// new namespaces), if anything.
+fn needs_root(spec: &VmSpec) -> Option<&'static str> {
+    use ward_policy::vm::{Kind, Level};
+    let policy = spec.policy.as_ref()?;
+    Kind::ALL.iter().find_map(|k| {
+        let p = policy.process(*k);
+        if p.own_uid == Level::Required {
+            Some("a uid of the VM's own")
+        } else if p.namespaces.level == Level::Required && !p.namespaces.kinds.is_empty() {
+            Some("new namespaces")
+        } else {
+            None
+        }
+    })
 }
 
 /// The name of the `i`th disk in the guest: vda, vdb, … (as Linux names virtio disks).
@@ -299,5 +325,31 @@ mod tests {
         s.seccomp = SeccompMode::Log;
         s.policy = None;
         assert_eq!(watch::seccomp_mode(&s, Kind::Console), SeccompMode::Log);
+    }
+
+    #[test]
+    fn what_only_root_can_apply_is_named() {
+        let mut s = spec();
+        assert_eq!(needs_root(&s), Some("a uid of the VM's own"));
+        let mut p = VmPolicy::default();
+        for k in ward_policy::vm::Kind::ALL {
+            let pp = match k {
+                ward_policy::vm::Kind::Core => &mut p.core,
+                ward_policy::vm::Kind::Block => &mut p.block,
+                ward_policy::vm::Kind::Net => &mut p.net,
+                ward_policy::vm::Kind::Console => &mut p.console,
+            };
+            pp.own_uid = ward_policy::vm::Level::Preferred;
+        }
+        s.policy = Some(p.clone());
+        assert_eq!(needs_root(&s), Some("new namespaces"));
+        p.core.namespaces.level = ward_policy::vm::Level::Preferred;
+        p.block.namespaces.level = ward_policy::vm::Level::Preferred;
+        p.net.namespaces.level = ward_policy::vm::Level::Preferred;
+        p.console.namespaces.level = ward_policy::vm::Level::Off;
+        s.policy = Some(p);
+        assert_eq!(needs_root(&s), None);
+        s.policy = None;
+        assert_eq!(needs_root(&s), None);
     }
 }

@@ -304,10 +304,13 @@ fn confinement(spec: &VmSpec, kind: Kind, uid: Option<u32>) -> Option<Confinemen
     let (policy, uid) = spec.policy.as_ref().zip(uid)?;
     let p = policy.process(kind);
     Some(Confinement {
+        // Only root can make the namespace (a non-root launcher gets here only with
+        // namespaces merely preferred; the process reports it as not applied).
         fork_into_pid_ns: p.namespaces.level.is_on()
             && p.namespaces
                 .kinds
-                .contains(&ward_policy::vm::Namespace::Pid),
+                .contains(&ward_policy::vm::Namespace::Pid)
+            && nix::unistd::geteuid().is_root(),
         seccomp: seccomp_mode(spec, kind),
         policy: p.clone(),
         uid,

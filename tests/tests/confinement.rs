@@ -202,3 +202,34 @@ fn unconfined_runs_keep_seccomp_only() {
     let log = stop(c, &run);
     assert!(!log.contains("confined:"), "{log}");
 }
+
+#[test]
+fn a_launcher_that_is_not_root_is_told_what_the_policy_needs() {
+    if !kvm_available("a_launcher_that_is_not_root_is_told_what_the_policy_needs") {
+        return;
+    }
+    // As nobody (setpriv from util-linux), with the default policy.
+    let dir = TempDir::new("notroot");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let run = WardRun::probe(&dir, "notroot", "");
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(ward_tests::bin("ward"));
+    let cmd = run.command();
+    // The same arguments and environment as `ward run`, through setpriv.
+    c.args(cmd.get_args()).envs(
+        cmd.get_envs()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+    );
+    let out = c
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the confinement policy requires a uid of the VM's own, which only root"),
+        "{err}"
+    );
+    assert!(err.contains("--unconfined"), "{err}");
+}

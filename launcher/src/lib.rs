@@ -13,6 +13,7 @@
 //!
 //! See `docs/sandboxing.md` for the spawn steps and their order.
 
+mod cgroup;
 mod identity;
 mod runtime;
 mod spawn;
@@ -63,6 +64,8 @@ pub enum Error {
     Signals(#[source] nix::Error),
     #[error("Waiting for the VM failed")]
     Wait(#[source] std::io::Error),
+    #[error("The policy requires a cgroup for the VM, but {0}")]
+    Cgroup(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -26,6 +26,9 @@ pub struct Spawn<'a> {
     /// Make the process's next child the first of a new pid namespace (the confinement then
     /// says `fork_into_pid_ns`).
     pub new_pid_ns: bool,
+    /// The VM cgroup's `cgroup.procs`, open for writing: the process joins the group before
+    /// exec.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 pub fn spawn(s: Spawn<'_>) -> Result<Child> {
@@ -45,6 +48,7 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
     let raw: Vec<RawFd> = high.iter().map(|f| f.as_raw_fd()).collect();
     let parent = std::process::id() as libc::pid_t;
     let new_pid_ns = s.new_pid_ns;
+    let cgroup_procs = s.cgroup_procs.map(|f| f.as_raw_fd());
     let mut cmd = Command::new(s.binary);
     cmd.args(&s.args).env_clear().stdin(Stdio::null());
     if let Some(c) = &s.confine {
@@ -61,7 +65,7 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
         cmd.env("WARD_HOSTILE_TEST", v);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, sigprocmask, setpgid, unshare, dup2) on descriptors that exist.
+    // (prctl, getppid, sigprocmask, setpgid, write, unshare, dup2) on descriptors that exist.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -79,6 +83,12 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = cgroup_procs {
+                // "0": the writing process itself moves into the group.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if new_pid_ns && libc::unshare(libc::CLONE_NEWPID) != 0 {
                 return Err(std::io::Error::last_os_error());

@@ -19,10 +19,10 @@ use ward_ipc::FdIndex;
 use ward_policy::sandbox::Confinement;
 use ward_policy::vm::Kind;
 
-use crate::identity;
 use crate::runtime::{default_root, RuntimeDir};
 use crate::spawn::{spawn, Spawn, FIRST_FD};
 use crate::workers::{start_block, start_console, start_net, Worker, WorkerOpts};
+use crate::{cgroup, identity};
 use crate::{disk_name, Console, Error, Result, VmSpec};
 
 /// How a VM ended, as the launcher saw it.
@@ -233,7 +233,11 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
 
     let root = spec.run_root.clone().unwrap_or_else(default_root);
     let rundir = RuntimeDir::create(&root, &spec.name)?;
-    // The VM's own uid, held until the VM's processes are gone.
+    // The VM's cgroup and its own uid, held until the VM's processes are gone.
+    let group = match &spec.policy {
+        Some(p) => cgroup::create(&spec.name, &p.cgroup, spec.memory_mib)?,
+        None => None,
+    };
     let lease = match &spec.policy {
         Some(p) => Some(identity::allocate(
             Path::new(identity::LOCK_DIR),
@@ -257,6 +261,7 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         sigfd: &sigfd,
         workers: &mut workers,
         uid: lease.as_ref().map(|l| l.uid),
+        cgroup_procs: group.as_ref().map(|g| g.procs().as_fd()),
     });
     // Workers end by themselves when the core (their frontend) has gone, logging their
     // counters on the way out: a moment for that, then SIGTERM for any still running.
@@ -336,6 +341,8 @@ struct StartArgs<'a> {
     workers: &'a mut Vec<Worker>,
     /// The VM's own uid (and gid), when it is confined.
     uid: Option<u32>,
+    /// The VM cgroup's `cgroup.procs`, when the VM has a cgroup.
+    cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
@@ -343,6 +350,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
     let opts = |kind: Kind| WorkerOpts {
         seccomp: seccomp_mode(spec, kind).to_string(),
         confinement: confinement(spec, kind, a.uid),
+        cgroup_procs: a.cgroup_procs,
     };
     let mut sockets = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
@@ -400,6 +408,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         new_pid_ns: core_confinement
             .as_ref()
             .is_some_and(|c| c.fork_into_pid_ns),
+        cgroup_procs: a.cgroup_procs,
     })?;
     drop(kvm);
     drop(theirs);

@@ -3,7 +3,7 @@
 //! a connection to the socket for the core.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -19,12 +19,14 @@ use crate::{Disk, Error, Net, Result, RuntimeDir, VirtioConsole};
 
 /// What every worker of a VM is started with besides its device: the seccomp mode, and the
 /// confinement it enters (its kind's policy and the VM's uid), if any.
-pub(crate) struct WorkerOpts {
+pub(crate) struct WorkerOpts<'a> {
     pub seccomp: String,
     pub confinement: Option<Confinement>,
+    /// The VM cgroup's `cgroup.procs`, if the VM has a cgroup.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
-impl WorkerOpts {
+impl WorkerOpts<'_> {
     fn confine(&self) -> Option<String> {
         self.confinement.as_ref().map(Confinement::to_json)
     }
@@ -69,7 +71,7 @@ pub(crate) fn start_block(
     rundir: &RuntimeDir,
     name: &str,
     disk: &Disk,
-    opts: &WorkerOpts,
+    opts: &WorkerOpts<'_>,
 ) -> Result<Started> {
     let image = open_disk(&disk.path, disk.readonly)?;
     let (format, backing) = backing_chain(&disk.path, &image, disk.format)?;
@@ -102,6 +104,7 @@ pub(crate) fn start_block(
         what: format!("block worker for {name}"),
         confine: opts.confine(),
         new_pid_ns: opts.new_pid_ns(),
+        cgroup_procs: opts.cgroup_procs,
     })?;
     info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
     let worker = Worker {
@@ -150,7 +153,7 @@ pub(crate) fn start_console(
     bin: &Path,
     rundir: &RuntimeDir,
     console: &VirtioConsole,
-    opts: &WorkerOpts,
+    opts: &WorkerOpts<'_>,
 ) -> Result<Started> {
     // The guest's name for it; its vhost-user socket is hvc0.sock beside console.sock.
     let name = "hvc0";
@@ -183,6 +186,7 @@ pub(crate) fn start_console(
         what: "console worker".into(),
         confine: opts.confine(),
         new_pid_ns: opts.new_pid_ns(),
+        cgroup_procs: opts.cgroup_procs,
     })?;
     info!(pid = child.id(), log = %console.log.display(), "console worker started");
     let worker = Worker {
@@ -205,7 +209,7 @@ pub(crate) fn start_net(
     index: usize,
     net: &Net,
     mac: ward_net::Mac,
-    opts: &WorkerOpts,
+    opts: &WorkerOpts<'_>,
 ) -> Result<Started> {
     let name = format!("net{index}");
     let tap = ward_net::tap::open_tap(&net.tap).map_err(|e| Error::Tap(net.tap.clone(), e))?;
@@ -229,6 +233,7 @@ pub(crate) fn start_net(
         what: format!("network worker for {name}"),
         confine: opts.confine(),
         new_pid_ns: opts.new_pid_ns(),
+        cgroup_procs: opts.cgroup_procs,
     })?;
     info!(device = %name, pid = child.id(), tap = %net.tap, %mac, "network worker started");
     let worker = Worker {

@@ -495,8 +495,9 @@ pub fn applied(kind: Option<Kind>, m: Mechanism) -> bool {
         (Some(_), M::Seccomp | M::NoNewPrivs) => true,
         // Every process enters the rest in `sandbox::enter`.
         (Some(_), M::Namespaces | M::Landlock | M::OwnUid | M::Rlimits) => true,
-        // The VM's uid range: the workers take their uid from it.
-        (None, M::OwnUid) => true,
+        // The VM's uid range: the workers take their uid from it; the VM's cgroup (v2, where
+        // the host has it).
+        (None, M::OwnUid | M::Cgroup) => true,
         _ => false,
     }
 }

@@ -197,7 +197,8 @@ fn show_counts_the_syscalls_of_every_thread_kind() {
     assert!(applied(Some(Kind::Core), Mechanism::Landlock));
     assert!(!core.contains("landlock: required (not"), "{core}");
     assert!(applied(Some(Kind::Core), Mechanism::Seccomp));
-    assert!(!applied(None, Mechanism::Cgroup));
+    assert!(applied(None, Mechanism::Cgroup));
+    assert!(!applied(None, Mechanism::Selinux));
     assert_eq!("block".parse::<Kind>().unwrap(), Kind::Block);
     assert!("disk".parse::<Kind>().is_err());
 }

@@ -117,6 +117,19 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.no_confine {
         println!("{}", confine::run(&setup)?);
+        if !args.no_net && !args.no_probe_net {
+            let net = net::Setup {
+                bin_dir: bin_dir.clone(),
+                probe: setup.probe.clone(),
+                dir: tmp.0.clone(),
+                runs: args.runs,
+                frames: args.net_frames,
+                tsc_khz: setup.tsc_khz,
+                unconfined: false,
+            };
+            let (on, off) = net::run_confinement(&net)?;
+            println!("{}", net::report_confinement(&net, &on, &off));
+        }
     }
     if !args.no_net && !args.no_probe_net {
         let net = net::Setup {
@@ -126,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             runs: args.runs,
             frames: args.net_frames,
             tsc_khz: setup.tsc_khz,
+            unconfined: false,
         };
         let results = net::run(&net)?;
         println!("{}", net::report(&net, &results));

@@ -31,6 +31,7 @@ const LEN: usize = 1472;
 /// The probe's idle timeout (ARP, and how long `net-sink` waits after the last datagram).
 const GUEST_TIMEOUT_MS: u64 = 2000;
 
+#[derive(Clone)]
 pub struct Setup {
     pub bin_dir: PathBuf,
     pub probe: PathBuf,
@@ -40,6 +41,8 @@ pub struct Setup {
     /// Datagrams per burst, each way.
     pub frames: u64,
     pub tsc_khz: u64,
+    /// Run ward with `--unconfined` (seccomp filters only).
+    pub unconfined: bool,
 }
 
 /// The samples of one VMM.
@@ -85,6 +88,9 @@ fn command(s: &Setup, ns: &NetNs, vmm: Vmm, scenario: &str, n: usize) -> Command
                 .arg("--net")
                 .arg(format!("tap={},mac={GUEST_MAC}", tap(vmm)))
                 .env("XDG_RUNTIME_DIR", &s.dir);
+            if s.unconfined {
+                cmd.arg("--unconfined");
+            }
         }
         Vmm::Qemu => {
             // As in probe.rs, with a virtio-net device instead of the disk.
@@ -297,6 +303,71 @@ pub fn run(s: &Setup) -> anyhow::Result<Results> {
         eprintln!("network round {}/{} done", i + 1, s.runs);
     }
     Ok(out)
+}
+
+/// ward alone, under its default policy and `--unconfined`, alternating which goes first: the
+/// cost of confinement on the network path. Returns (confined, unconfined).
+pub fn run_confinement(s: &Setup) -> anyhow::Result<(Samples, Samples)> {
+    let ns = NetNs::create("network confinement benchmark")
+        .ok_or_else(|| anyhow::anyhow!("cannot create a network namespace"))?;
+    ip(&ns, &["link", "set", "lo", "up"])?;
+    let (mut on, mut off) = (Samples::default(), Samples::default());
+    let mut n = 1000;
+    for i in 0..s.runs {
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for unconfined in order {
+            let setup = Setup {
+                unconfined,
+                ..s.clone()
+            };
+            let res = if unconfined { &mut off } else { &mut on };
+            n += 1;
+            let (fps, host_fps, lost) = tx(&setup, &ns, Vmm::Ward, n)?;
+            res.tx_fps.push(fps);
+            res.tx_host_fps.push(host_fps);
+            res.tx_lost.push(lost);
+            n += 1;
+            let (fps, got) = rx(&setup, &ns, Vmm::Ward, n)?;
+            res.rx_fps.push(fps);
+            res.rx_got.push(got);
+        }
+        eprintln!("network confinement round {}/{} done", i + 1, s.runs);
+    }
+    Ok((on, off))
+}
+
+/// The table of [`run_confinement`].
+pub fn report_confinement(s: &Setup, on: &Samples, off: &Samples) -> String {
+    let mut t = format!(
+        "| probe guest, virtio-net on a TAP, {LEN}-byte UDP payloads | ward confined: median \
+         (min–max) | ward --unconfined: median (min–max) | confined/unconfined | target \
+         (within 5 %) |\n|---|---|---|---|---|\n"
+    );
+    for (what, a, b) in [
+        ("guest → host, frames/s (probe's TSC)", &on.tx_fps, &off.tx_fps),
+        ("host → guest, frames/s (probe's TSC)", &on.rx_fps, &off.rx_fps),
+    ] {
+        let ratio = median(a.clone()) / median(b.clone());
+        let verdict = if (ratio - 1.0).abs() <= 0.05 {
+            "met"
+        } else {
+            "missed"
+        };
+        t += &format!(
+            "| {what} | {} | {} | {ratio:.3} | {verdict} |\n",
+            cell(a, 0),
+            cell(b, 0)
+        );
+    }
+    t += &format!(
+        "\n{} runs each, interleaved; {} datagrams per burst each way.\n",
+        s.runs, s.frames
+    );
+    t
 }
 
 fn cell(v: &[f64], digits: usize) -> String {

@@ -348,8 +348,16 @@ pub fn report_confinement(s: &Setup, on: &Samples, off: &Samples) -> String {
          (within 5 %) |\n|---|---|---|---|---|\n"
     );
     for (what, a, b) in [
-        ("guest → host, frames/s (probe's TSC)", &on.tx_fps, &off.tx_fps),
-        ("host → guest, frames/s (probe's TSC)", &on.rx_fps, &off.rx_fps),
+        (
+            "guest → host, frames/s (probe's TSC)",
+            &on.tx_fps,
+            &off.tx_fps,
+        ),
+        (
+            "host → guest, frames/s (probe's TSC)",
+            &on.rx_fps,
+            &off.rx_fps,
+        ),
     ] {
         let ratio = median(a.clone()) / median(b.clone());
         let verdict = if (ratio - 1.0).abs() <= 0.05 {

@@ -61,6 +61,15 @@ pub fn run(s: &Setup) -> anyhow::Result<String> {
     Ok(report(s, &on, &off))
 }
 
+/// The target of the cost-of-confinement rows: confined within 5 % of unconfined, either way.
+pub fn verdict(ratio: f64) -> &'static str {
+    if (ratio - 1.0).abs() <= 0.05 {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
 fn report(s: &Setup, on: &Samples, off: &Samples) -> String {
     let mut t = String::from(
         "| probe guest, raw disk | ward confined: median (min–max) | ward --unconfined: median \
@@ -68,11 +77,7 @@ fn report(s: &Setup, on: &Samples, off: &Samples) -> String {
     );
     let mut row = |what: &str, unit: &str, a: &[f64], b: &[f64]| {
         let ratio = median(a.to_vec()) / median(b.to_vec());
-        let verdict = if (ratio - 1.0).abs() <= 0.05 {
-            "met"
-        } else {
-            "missed"
-        };
+        let verdict = verdict(ratio);
         t += &format!(
             "| {what} | {} | {} | {ratio:.3} | {verdict} |\n",
             cell(a, unit),

@@ -115,32 +115,24 @@ fn main() -> anyhow::Result<()> {
         println!("{}", probe::report_raw(&setup, &results));
         println!("{}", probe::report_qcow2(&setup, &results));
     }
+    let probe_net = !args.no_net && !args.no_probe_net;
+    let net = net::Setup {
+        bin_dir: bin_dir.clone(),
+        probe: setup.probe.clone(),
+        dir: tmp.0.clone(),
+        runs: args.runs,
+        frames: args.net_frames,
+        tsc_khz: setup.tsc_khz,
+        unconfined: false,
+    };
     if !args.no_confine {
         println!("{}", confine::run(&setup)?);
-        if !args.no_net && !args.no_probe_net {
-            let net = net::Setup {
-                bin_dir: bin_dir.clone(),
-                probe: setup.probe.clone(),
-                dir: tmp.0.clone(),
-                runs: args.runs,
-                frames: args.net_frames,
-                tsc_khz: setup.tsc_khz,
-                unconfined: false,
-            };
+        if probe_net {
             let (on, off) = net::run_confinement(&net)?;
             println!("{}", net::report_confinement(&net, &on, &off));
         }
     }
-    if !args.no_net && !args.no_probe_net {
-        let net = net::Setup {
-            bin_dir: bin_dir.clone(),
-            probe: setup.probe.clone(),
-            dir: tmp.0.clone(),
-            runs: args.runs,
-            frames: args.net_frames,
-            tsc_khz: setup.tsc_khz,
-            unconfined: false,
-        };
+    if probe_net {
         let results = net::run(&net)?;
         println!("{}", net::report(&net, &results));
     }

@@ -360,11 +360,7 @@ pub fn report_confinement(s: &Setup, on: &Samples, off: &Samples) -> String {
         ),
     ] {
         let ratio = median(a.clone()) / median(b.clone());
-        let verdict = if (ratio - 1.0).abs() <= 0.05 {
-            "met"
-        } else {
-            "missed"
-        };
+        let verdict = crate::confine::verdict(ratio);
         t += &format!(
             "| {what} | {} | {} | {ratio:.3} | {verdict} |\n",
             cell(a, 0),

@@ -2,7 +2,7 @@
 //!
 //! Policies are data: `seccomp/<arch>/<layer>.json` holds seccompiler rules with a comment each,
 //! and `seccomp/filters.json` says which layers make up the filter of each process or thread kind
-//! (`common + vhost_user + block` for the block worker). `build.rs` compiles every filter to BPF
+//! (`base + event_loop + vhost_user + accept + block` for the block worker). `build.rs` compiles every filter to BPF
 //! at build time and embeds it, so a process kind without a policy cannot be built, let alone
 //! started. See `policy/README.md`.
 //!

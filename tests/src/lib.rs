@@ -461,6 +461,27 @@ pub fn seccomp_modes(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Every thread of `pid` as (name, number of seccomp filters it runs under).
+pub fn thread_filters(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let n = std::fs::read_to_string(e.path().join("status"))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        out.push((comm.trim().to_string(), n));
+    }
+    out
+}
+
 /// A network namespace made for one test, `ward-t-<pid>-<n>`, deleted when dropped (also while a
 /// failing test unwinds). Tests address only the namespaces they made (and loopback), never the
 /// host's network.

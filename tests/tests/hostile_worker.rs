@@ -8,6 +8,8 @@
 //!   no host path exists (empty root), no capability (mount, rlimits), another uid (signals,
 //!   ptrace), Landlock and an empty net namespace (TCP).
 //! - Another VM, running meanwhile, is untouched.
+//! - A queue thread, under its own filter on top of the process's, cannot start a thread,
+//!   which the worker's main thread can.
 //! - The control: an unconfined worker without its filter opens the other VM's image.
 
 use std::time::Duration;
@@ -116,6 +118,17 @@ fn every_way_out_is_closed() {
             "{a} without seccomp was denied with {errno}, expected one of {expected:?}"
         );
     }
+
+    // Per-thread filters: the worker's main thread may start a thread (vhost-user-backend
+    // does, once the frontend connects); a queue thread, under its own filter too, may not.
+    let main = attempt(&dir, "t-main", "block:thread", "enforce", &[]);
+    assert_eq!(main, Outcome::Succeeded, "a thread from the main thread");
+    let queue = attempt(&dir, "t-queue", "block:queue:thread", "enforce", &[]);
+    assert_eq!(
+        queue,
+        Outcome::KilledBySeccomp,
+        "a thread from a queue thread"
+    );
 
     // The control: with nothing but an unfiltered, unconfined worker, the same attempt works.
     let open = format!("block:open:{}", other_image.display());

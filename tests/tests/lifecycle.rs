@@ -11,7 +11,7 @@ use ward_tests::{
 
 /// Starts a probe guest that idles forever with one disk, and waits until it runs.
 fn start_idle(dir: &TempDir, name: &str) -> (WardRun, std::process::Child, u32, u32) {
-    let mut run = WardRun::probe(dir, name, "idle:0");
+    let mut run = WardRun::probe(dir, name, "blk-info:0,idle:0");
     run.disks = vec![dir.image("disk.img", 4 << 20).display().to_string()];
     let child = run.spawn();
     let pid = child.id();
@@ -48,11 +48,29 @@ fn every_thread_of_core_and_worker_is_confined() {
     let (run, child, core, worker) = start_idle(&dir, "confined");
     let core_threads = seccomp_modes(core);
     let worker_threads = seccomp_modes(worker);
+    let worker_filters = ward_tests::thread_filters(worker);
+    let core_filters = ward_tests::thread_filters(core);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let fin = finish(child, run.console_log(), Duration::from_secs(20));
     // Main thread and one vCPU thread at least; the worker has its vhost-user threads.
     assert!(core_threads.len() >= 2, "{core_threads:?}");
     assert!(worker_threads.len() >= 2, "{worker_threads:?}");
+    // Per-thread filters: the worker's queue thread (which served the probe's blk-info
+    // request) added its own on top of the process's; every vCPU thread runs under the vCPU
+    // filter alone (its own, installed before the main thread's).
+    let queue: Vec<_> = worker_filters
+        .iter()
+        .filter(|(c, _)| c == "vring_worker")
+        .collect();
+    assert!(!queue.is_empty(), "{worker_filters:?}");
+    for (name, n) in &worker_filters {
+        let want = if name == "vring_worker" { 2 } else { 1 };
+        assert_eq!(*n, want, "worker thread {name}: {worker_filters:?}");
+    }
+    assert!(
+        core_filters.iter().any(|(c, n)| c == "vcpu0" && *n == 1),
+        "{core_filters:?}"
+    );
     for (what, threads) in [("core", &core_threads), ("worker", &worker_threads)] {
         for (tid, mode) in threads.iter() {
             assert_eq!(

@@ -267,6 +267,7 @@ impl VhostUserBackend for BlockBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        ward_worker::queue_thread::enter();
         let _g = self.span.enter();
         if evset != EventSet::IN {
             warn!(?evset, "unexpected event set");

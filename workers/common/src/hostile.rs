@@ -15,6 +15,10 @@
 //! | `mount` | `mount("tmpfs", "/", "tmpfs")` |
 //! | `rlimit` | raising its RLIMIT_NOFILE above its hard limit |
 //! | `cgroup` | `open("/sys/fs/cgroup/cgroup.procs", O_WRONLY)` and writing its pid |
+//! | `thread` | starting a thread (what a worker's main thread may do, its queue threads not) |
+//!
+//! `KIND:queue:ACTION[:ARG]` makes the attempt on a queue thread instead, right after that
+//! thread added its own filter (`queue_thread::enter`, on its first event).
 //!
 //! A filter that forbids the syscall kills the worker (SIGSYS). Otherwise the worker logs
 //! `hostile test: ACTION denied (ERRNO)` and exits with [`DENIED`], or logs
@@ -44,7 +48,27 @@ pub fn attempt(kind: &str) {
     }
     let action = parts.next().unwrap_or("");
     let arg = parts.next().unwrap_or("");
-    let result = run(action, arg);
+    if action == "queue" {
+        return;
+    }
+    conclude(action, run(action, arg));
+}
+
+/// [`attempt`] for `KIND:queue:ACTION[:ARG]`, on the queue thread that calls it.
+pub fn attempt_on_queue_thread(kind: &str) {
+    let Ok(spec) = std::env::var(ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(4, ':');
+    if parts.next() != Some(kind) || parts.next() != Some("queue") {
+        return;
+    }
+    let action = parts.next().unwrap_or("");
+    let arg = parts.next().unwrap_or("");
+    conclude(action, run(action, arg));
+}
+
+fn conclude(action: &str, result: Result<(), nix::Error>) {
     match result {
         Ok(()) => {
             error!("hostile test: {action} SUCCEEDED");
@@ -107,6 +131,11 @@ fn run(action: &str, arg: &str) -> Result<(), nix::Error> {
             let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             write(&fd, std::process::id().to_string().as_bytes()).map(|_| ())
         }
+        "thread" => std::thread::Builder::new()
+            .spawn(|| ())
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?
+            .join()
+            .map_err(|_| nix::Error::EINVAL),
         _ => Err(nix::Error::EINVAL),
     }
 }

@@ -6,6 +6,7 @@
 //!   it, and treat its disconnection as the normal end. [`serve::Hooks`] is where a worker
 //!   plugs in what differs (wiring its vring thread's epoll before the filter, registering
 //!   more listeners after it).
+//! - [`queue_thread`]: the narrower filter each queue thread adds on its first event.
 //! - [`exit`]: `main`'s glue: the default log filter, the error chain logged on failure, and
 //!   the exit code.
 //! - [`metrics`]: the [`counters!`] macro behind each worker's `Metrics`, and the rate limit
@@ -23,6 +24,7 @@ pub mod exit;
 #[cfg(debug_assertions)]
 pub mod hostile;
 pub mod metrics;
+pub mod queue_thread;
 pub mod serve;
 pub mod vring;
 

@@ -104,6 +104,8 @@ where
 
     // Every thread exists now but the frontend's request thread, which inherits the filter.
     ward_policy::seccomp::apply_to_process(profile, seccomp).map_err(ServeError::Seccomp)?;
+    // The queue threads add their own filter on their first event.
+    crate::queue_thread::arm(profile, seccomp);
     info!("seccomp filter installed; waiting for the frontend");
     #[cfg(debug_assertions)]
     crate::hostile::attempt(profile.name());

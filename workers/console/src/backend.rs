@@ -252,6 +252,7 @@ impl VhostUserBackend for ConsoleBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        ward_worker::queue_thread::enter();
         let _g = self.span.enter();
         self.dispatch(device_event, evset, vrings);
         Ok(())

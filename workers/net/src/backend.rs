@@ -468,6 +468,7 @@ impl<T: TapIo> VhostUserBackend for NetBackend<T> {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        ward_worker::queue_thread::enter();
         self.handle(device_event, vrings);
         Ok(())
     }

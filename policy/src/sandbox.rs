@@ -2,13 +2,21 @@
 //! still single-threaded and before it reads anything it does not control:
 //!
 //! 1. rlimits (NOFILE, NPROC, MEMLOCK, CORE=0);
-//! 2. new namespaces: mount, ipc, uts, net (empty: loopback only), cgroup;
-//! 3. in the new mount namespace, a new root: an empty read-only tmpfs (pivot_root), so no
-//!    host path exists for the process any more (it works on the descriptors it was given);
-//! 4. its own uid and gid (the VM's), no supplementary groups, which drops every capability;
+//! 2. its own uid and gid (the VM's), no supplementary groups, which drops every capability;
 //!    the parent-death signal, which the kernel clears on a uid change, is set again;
+//! 3. new namespaces: a user namespace first (made by that uid: the process holds capabilities
+//!    only inside it, over namespaces it owns, never over the host's), then mount, ipc, uts,
+//!    net (empty: loopback only), cgroup. The user namespace maps the VM's uid and gid to
+//!    themselves and nothing else (`setgroups` denied);
+//! 4. in the new mount namespace, a new root: an empty read-only tmpfs (pivot_root), so no
+//!    host path exists for the process any more (it works on the descriptors it was given);
+//!    then every capability the user namespace gave is dropped (bounding and ambient sets
+//!    too);
 //! 5. no_new_privs, and a Landlock domain that handles every filesystem and network right
 //!    and allows none, scoped (abstract sockets, signals) to itself.
+//!
+//! Without a user namespace in the policy, the namespaces come first (they need root then)
+//! and the uid after them.
 //!
 //! 6. with a pid namespace: the launcher made the process's next child the first of a new pid
 //!    namespace (`unshare(CLONE_NEWPID)` before exec); the process forks, the child goes on as
@@ -19,8 +27,7 @@
 //! The seccomp filter comes last, from the process's own code (`seccomp::apply_to_*`), once
 //! its threads exist. Each step the policy marks `required` that cannot be applied is an error
 //! (the process exits; the launcher reports it); a `preferred` step that cannot be applied is
-//! reported in [`Report`]. The user namespace is not applied by this version (reported as
-//! such).
+//! reported in [`Report`].
 
 use std::ffi::CStr;
 use std::fmt;
@@ -81,6 +88,10 @@ pub enum Error {
     RootUid(u32),
     #[error("Cannot fork into the new pid namespace")]
     Fork(#[source] nix::Error),
+    #[error("Cannot map the uid and gid into the new user namespace ({0})")]
+    UserMap(&'static str, #[source] std::io::Error),
+    #[error("Cannot drop the capabilities of the user namespace")]
+    Capabilities(#[source] caps::errors::CapsError),
 }
 
 /// What was applied, and what was not (only where the policy allowed that).
@@ -113,7 +124,8 @@ impl Confinement {
 
 /// The namespaces this process creates itself, with their clone flags (the pid namespace is
 /// the launcher's to create, before exec; see [`Confinement::fork_into_pid_ns`]).
-const SUPPORTED: [(Namespace, CloneFlags); 5] = [
+const SUPPORTED: [(Namespace, CloneFlags); 6] = [
+    (Namespace::User, CloneFlags::CLONE_NEWUSER),
     (Namespace::Mount, CloneFlags::CLONE_NEWNS),
     (Namespace::Ipc, CloneFlags::CLONE_NEWIPC),
     (Namespace::Uts, CloneFlags::CLONE_NEWUTS),
@@ -142,68 +154,16 @@ pub fn enter(c: &Confinement) -> Result<Report, Error> {
     }
     report.applied.push("rlimits".into());
 
-    // 2. and 3. namespaces and the new root.
-    if p.namespaces.level.is_on() {
-        let mut flags = CloneFlags::empty();
-        let mut names = Vec::new();
-        for ns in &p.namespaces.kinds {
-            match SUPPORTED.iter().find(|(n, _)| n == ns) {
-                Some((_, f)) => {
-                    flags |= *f;
-                    names.push(format!("{ns:?}").to_lowercase());
-                }
-                // Entered at the end, by forking (when the launcher prepared it).
-                None if *ns == Namespace::Pid && c.fork_into_pid_ns => {}
-                None => report
-                    .not_applied
-                    .push(format!("{} namespace", format!("{ns:?}").to_lowercase())),
-            }
-        }
-        match unshare(flags) {
-            Ok(()) => {
-                if flags.contains(CloneFlags::CLONE_NEWNS) {
-                    empty_root()?;
-                    names.push("empty root".into());
-                }
-                report
-                    .applied
-                    .push(format!("namespaces ({})", names.join(", ")));
-            }
-            Err(e) if p.namespaces.level == Level::Required => {
-                return Err(Error::Unshare(names.join(", "), e));
-            }
-            Err(e) => report.not_applied.push(format!("namespaces: {e}")),
-        }
+    // 2. and 3.: with a user namespace, the uid first, so that it makes the namespaces.
+    let user_ns = p.namespaces.level.is_on() && p.namespaces.kinds.contains(&Namespace::User);
+    if user_ns {
+        identity(c, parent, &mut report)?;
     }
-
-    // 4. identity.
-    if p.own_uid.is_on() {
-        let id_err = |what, source| Error::Identity {
-            uid: c.uid,
-            gid: c.gid,
-            what,
-            source,
-        };
-        let step = setgroups(&[])
-            .map_err(|e| id_err("setgroups", e))
-            .and_then(|()| {
-                let g = Gid::from_raw(c.gid);
-                setresgid(g, g, g).map_err(|e| id_err("setresgid", e))
-            })
-            .and_then(|()| {
-                let u = Uid::from_raw(c.uid);
-                setresuid(u, u, u).map_err(|e| id_err("setresuid", e))
-            });
-        match step {
-            Ok(()) => {
-                death_signal(parent)?;
-                report
-                    .applied
-                    .push(format!("uid {} gid {}, no capabilities", c.uid, c.gid));
-            }
-            Err(e) if p.own_uid == Level::Required => return Err(e),
-            Err(e) => report.not_applied.push(format!("own uid: {e}")),
-        }
+    if p.namespaces.level.is_on() {
+        namespaces(c, &mut report)?;
+    }
+    if !user_ns {
+        identity(c, parent, &mut report)?;
     }
 
     // 5. no_new_privs and Landlock.
@@ -246,6 +206,125 @@ pub fn enter(c: &Confinement) -> Result<Report, Error> {
         }
     }
     Ok(report)
+}
+
+/// Steps 3 and 4: the namespaces the policy lists (but the pid namespace, entered by forking),
+/// the new root, and, in a user namespace, no capabilities left in it.
+fn namespaces(c: &Confinement, report: &mut Report) -> Result<(), Error> {
+    let p = &c.policy;
+    let mut flags = CloneFlags::empty();
+    let mut names = Vec::new();
+    for ns in &p.namespaces.kinds {
+        match SUPPORTED.iter().find(|(n, _)| n == ns) {
+            Some((_, f)) => {
+                flags |= *f;
+                names.push(format!("{ns:?}").to_lowercase());
+            }
+            // Entered at the end, by forking (when the launcher prepared it).
+            None if *ns == Namespace::Pid && c.fork_into_pid_ns => {}
+            None => report
+                .not_applied
+                .push(format!("{} namespace", format!("{ns:?}").to_lowercase())),
+        }
+    }
+    let user = flags.contains(CloneFlags::CLONE_NEWUSER);
+    // The ids to map, read while they still mean something (in a new user namespace without
+    // a map they read as the overflow id).
+    let ids = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let entered = unshare(flags)
+        .map_err(|e| Error::Unshare(names.join(", "), e))
+        .and_then(|()| if user { map_ids(ids) } else { Ok(()) })
+        .and_then(|()| {
+            if flags.contains(CloneFlags::CLONE_NEWNS) {
+                empty_root()?;
+                names.push("empty root".into());
+            }
+            Ok(())
+        })
+        .and_then(|()| if user { drop_capabilities() } else { Ok(()) });
+    match entered {
+        Ok(()) => report
+            .applied
+            .push(format!("namespaces ({})", names.join(", "))),
+        Err(e) if p.namespaces.level == Level::Required => return Err(e),
+        Err(e) => report.not_applied.push(format!("namespaces: {e}")),
+    }
+    Ok(())
+}
+
+/// In a new user namespace: the process's uid and gid map to themselves, the only ids that
+/// exist in it (an unprivileged process may map just its own), and `setgroups` is denied.
+/// /proc/self is writable by the process only while it is dumpable, which the uid change made
+/// it not: dumpable just for the writes.
+fn map_ids((uid, gid): (Uid, Gid)) -> Result<(), Error> {
+    let dumpable = |on| {
+        nix::sys::prctl::set_dumpable(on)
+            .map_err(|e| Error::UserMap("PR_SET_DUMPABLE", std::io::Error::from(e)))
+    };
+    dumpable(true)?;
+    let written = [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("{uid} {uid} 1")),
+        ("gid_map", format!("{gid} {gid} 1")),
+    ]
+    .into_iter()
+    .try_for_each(|(file, line)| {
+        std::fs::write(format!("/proc/self/{file}"), line).map_err(|e| Error::UserMap(file, e))
+    });
+    let undone = dumpable(false);
+    written.and(undone)
+}
+
+/// Every capability the new user namespace gave the process (it needed them to make its
+/// root), from every set: it keeps none, inside the namespace or out.
+fn drop_capabilities() -> Result<(), Error> {
+    use caps::CapSet;
+    for set in [
+        CapSet::Bounding,
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(Error::Capabilities)?;
+    }
+    Ok(())
+}
+
+/// Step 2: the VM's uid and gid, no supplementary groups, no capabilities; the parent-death
+/// signal again.
+fn identity(c: &Confinement, parent: i32, report: &mut Report) -> Result<(), Error> {
+    let p = &c.policy;
+    if !p.own_uid.is_on() {
+        return Ok(());
+    }
+    let id_err = |what, source| Error::Identity {
+        uid: c.uid,
+        gid: c.gid,
+        what,
+        source,
+    };
+    let step = setgroups(&[])
+        .map_err(|e| id_err("setgroups", e))
+        .and_then(|()| {
+            let g = Gid::from_raw(c.gid);
+            setresgid(g, g, g).map_err(|e| id_err("setresgid", e))
+        })
+        .and_then(|()| {
+            let u = Uid::from_raw(c.uid);
+            setresuid(u, u, u).map_err(|e| id_err("setresuid", e))
+        });
+    match step {
+        Ok(()) => {
+            death_signal(parent)?;
+            report
+                .applied
+                .push(format!("uid {} gid {}, no capabilities", c.uid, c.gid));
+        }
+        Err(e) if p.own_uid == Level::Required => return Err(e),
+        Err(e) => report.not_applied.push(format!("own uid: {e}")),
+    }
+    Ok(())
 }
 
 /// The parent left outside the pid namespace: closes every descriptor it inherited (they are
@@ -369,7 +448,28 @@ mod tests {
             return;
         };
         let c = Confinement::parse(&json).unwrap();
-        let report = enter(&c).unwrap();
+        // The test runs on a thread of its own, and a multi-threaded process cannot make a
+        // user namespace: a forked child (single-threaded) enters the confinement.
+        // SAFETY: the child only runs this test's code, printing and exiting; the harness's
+        // other thread is idle, waiting for this one.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(
+                    matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                    "{st:?}"
+                );
+                return;
+            }
+            nix::unistd::ForkResult::Child => {}
+        }
+        let report = match enter(&c) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("ENTER FAILED {e:?}");
+                std::process::exit(1);
+            }
+        };
         println!("REPORT {report}");
         println!("UID {} {}", Uid::current(), Gid::current());
         let root: Vec<_> = std::fs::read_dir("/").map_or(Vec::new(), |d| d.flatten().collect());
@@ -395,10 +495,29 @@ mod tests {
             }
         }
         println!("IFACES {ifaces:?}");
+        // The capability sets this process holds (in its user namespace).
+        let caps: Vec<usize> = [
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+            caps::CapSet::Bounding,
+            caps::CapSet::Ambient,
+        ]
+        .into_iter()
+        .map(|set| caps::read(None, set).map_or(usize::MAX, |c| c.len()))
+        .collect();
+        println!(
+            "CAPS {}",
+            caps.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         println!(
             "SETUID0 {}",
             setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
         );
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+        std::process::exit(0);
     }
 
     /// Root only: enters the default worker confinement in a child process and looks at it from
@@ -439,10 +558,11 @@ mod tests {
             "WRITE false",
             "IFACES {\"lo\"}",
             "SETUID0 false",
-            "namespaces (mount, ipc, uts, net, cgroup, empty root)",
+            "namespaces (user, mount, ipc, uts, net, cgroup, empty root)",
             "no_new_privs",
             "landlock",
-            "not applied: user namespace, pid namespace",
+            "not applied: pid namespace",
+            "CAPS 0 0 0 0",
         ] {
             assert!(text.contains(want), "{want:?} in:\n{text}");
         }

@@ -296,9 +296,18 @@ impl Kind {
     pub fn filters(self) -> &'static [(&'static str, Profile)] {
         match self {
             Kind::Core => &[("main", Profile::CoreMain), ("vcpu", Profile::CoreVcpu)],
-            Kind::Block => &[("all threads", Profile::Block)],
-            Kind::Net => &[("all threads", Profile::Net)],
-            Kind::Console => &[("all threads", Profile::Console)],
+            Kind::Block => &[
+                ("main and request", Profile::Block),
+                ("queue", Profile::BlockQueue),
+            ],
+            Kind::Net => &[
+                ("main and request", Profile::Net),
+                ("queue", Profile::NetQueue),
+            ],
+            Kind::Console => &[
+                ("main and request", Profile::Console),
+                ("queue", Profile::ConsoleQueue),
+            ],
         }
     }
 }
@@ -511,9 +520,6 @@ pub fn not_applied_note(kind: Option<Kind>, m: Mechanism) -> &'static str {
     }
 }
 
-/// The namespaces `sandbox::enter` does not create yet.
-pub const NAMESPACES_NOT_APPLIED: [Namespace; 1] = [Namespace::User];
-
 /// The effective policy of one process kind, as `ward policy show` prints it.
 pub fn describe(policy: &VmPolicy, kind: Kind) -> String {
     use std::fmt::Write as _;
@@ -542,22 +548,7 @@ pub fn describe(policy: &VmPolicy, kind: Kind) -> String {
         .collect();
     use Mechanism as M;
     let k = Some(kind);
-    let partly = if applied(k, M::Namespaces) {
-        let missing: Vec<String> = p
-            .namespaces
-            .kinds
-            .iter()
-            .filter(|n| NAMESPACES_NOT_APPLIED.contains(n))
-            .map(|n| format!("{n:?}").to_lowercase())
-            .collect();
-        if missing.is_empty() {
-            String::new()
-        } else {
-            format!(" ({} not applied by this version)", missing.join(", "))
-        }
-    } else {
-        not_applied_note(k, M::Namespaces).to_owned()
-    };
+    let partly = not_applied_note(k, M::Namespaces);
     let _ = writeln!(
         out,
         "  namespaces: {} ({}){partly}",

@@ -1,7 +1,8 @@
 //! Every process `ward run` starts for a VM (the core and each worker) is confined by the
 //! default policy, checked from outside while the VM runs: the VM's own uid and gid (not root, no capabilities), no_new_privs, seccomp on
-//! every thread, new mount, net, ipc, uts, cgroup and pid namespaces (pid 1 of its own, with
-//! a waiting parent outside), an empty root, the policy's rlimits; and two VMs at once get different uids. (What a confined worker that tries to break
+//! every thread, new user (mapping the VM's uid and gid only, no capabilities in it), mount,
+//! net, ipc, uts, cgroup and pid namespaces (pid 1 of its own, with a waiting parent
+//! outside), an empty root, the policy's rlimits; and two VMs at once get different uids. (What a confined worker that tries to break
 //! out meets is tests/tests/hostile_worker.rs's business.)
 
 use std::process::Child;
@@ -63,13 +64,27 @@ fn confined(pid: u32, what: &str, nofile: &str) -> u32 {
         !modes.is_empty() && modes.iter().all(|(_, m)| m == "2"),
         "{what}: {modes:?}"
     );
-    for kind in ["mnt", "net", "ipc", "uts", "cgroup"] {
+    // Capabilities held in its user namespace would show here too: the bounding set is empty.
+    assert_eq!(status_field(pid, "CapBnd:"), "0000000000000000", "{what}");
+    for kind in ["user", "mnt", "net", "ipc", "uts", "cgroup"] {
         assert_ne!(
             ns(&pid.to_string(), kind),
             ns("self", kind),
             "{what} shares the {kind} namespace"
         );
     }
+    // Its user namespace holds its own uid and gid and nothing else, and no supplementary
+    // groups can be set in it.
+    let map = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(map("uid_map"), format!("{uid} {uid} 1"), "{what}");
+    assert_eq!(map("gid_map"), format!("{uid} {uid} 1"), "{what}");
+    assert_eq!(map("setgroups"), "deny", "{what}");
     let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
         .expect("the worker's root")
         .collect();
@@ -165,14 +180,15 @@ fn every_process_of_a_vm_runs_confined() {
 
     let log_b = stop(b, &run_b);
     let log_a = stop(a, &run);
-    // Each process said what it entered; the user namespace is not made yet.
+    // Each process said what it entered, and nothing the policy asks for was left out.
     for log in [&log_a, &log_b] {
         assert!(log.contains("confined"), "{log}");
-        assert!(log.contains("landlock"), "{log}");
         assert!(
-            log.contains("landlock, pid namespace; not applied: user namespace"),
+            log.contains("namespaces (user, mount, ipc, uts, net, cgroup, empty root)"),
             "{log}"
         );
+        assert!(log.contains("landlock, pid namespace"), "{log}");
+        assert!(!log.contains("not applied"), "{log}");
     }
 }
 

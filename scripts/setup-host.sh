@@ -5,6 +5,9 @@
 #   cpio             building initramfs images
 #   g++              libFuzzer, which image/fuzz/run.sh builds (cargo-fuzz itself comes from
 #                    crates.io: run.sh installs it)
+#   checkpolicy, m4, gawk
+#                    building ward's SELinux policies (policy/selinux/build.sh): the module
+#                    for refpolicy hosts and the minimal policy the nested test machine loads
 # Idempotent: does nothing when everything is present. Debian 12 machines here may carry a
 # newer backported qemu-utils that conflicts with Debian's qemu-system-x86; then both are
 # installed at the qemu-system-x86 version, which is what the tests expect (7.2).
@@ -16,6 +19,9 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v cpio >/dev/null || need+=(cpio)
 command -v gzip >/dev/null || need+=(gzip)
 command -v c++ >/dev/null || need+=(g++)
+command -v checkpolicy >/dev/null || need+=(checkpolicy)
+command -v m4 >/dev/null || need+=(m4)
+command -v gawk >/dev/null || need+=(gawk)
 # qemu-img must match qemu-system (both from the same Debian release).
 if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
     sv=$(qemu-system-x86_64 --version | head -1 | awk '{print $4}')

@@ -80,10 +80,13 @@ pub fn run(a: &PolicyArgs) -> anyhow::Result<()> {
             not_applied_note(None, Mechanism::Cgroup)
         );
         println!("  {}", host.cgroup_line());
+        let se = &policy.selinux;
         println!(
-            "selinux: {} (domain {}, a category pair per VM){}",
-            policy.selinux.level,
-            policy.selinux.domain,
+            "selinux: {} (processes {}, images {}, shared images {}; a category pair per VM){}",
+            se.level,
+            se.domain,
+            se.image_type,
+            se.content_type,
             not_applied_note(None, Mechanism::Selinux)
         );
         println!("  {}", host.selinux_line());

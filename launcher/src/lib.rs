@@ -16,6 +16,7 @@
 mod cgroup;
 mod identity;
 mod runtime;
+mod selinux;
 mod spawn;
 mod watch;
 mod workers;
@@ -66,6 +67,8 @@ pub enum Error {
     Wait(#[source] std::io::Error),
     #[error("The policy requires a cgroup for the VM, but {0}")]
     Cgroup(String),
+    #[error("The policy requires SELinux labels for the VM, but {0}")]
+    Selinux(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -2,6 +2,7 @@
 //! fixed numbers (3, 4, …), an empty environment but for the log filter, and a parent-death
 //! signal so that no child outlives the launcher.
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -29,6 +30,8 @@ pub struct Spawn<'a> {
     /// The VM cgroup's `cgroup.procs`, open for writing: the process joins the group before
     /// exec.
     pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The SELinux context the process is to run in (sVirt), set as the exec context.
+    pub exec_context: Option<&'a CStr>,
 }
 
 pub fn spawn(s: Spawn<'_>) -> Result<Child> {
@@ -49,6 +52,8 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     let new_pid_ns = s.new_pid_ns;
     let cgroup_procs = s.cgroup_procs.map(|f| f.as_raw_fd());
+    // Owned: the closure outlives `s`. Made before the fork, like everything it uses.
+    let exec_context = s.exec_context.map(CStr::to_owned);
     let mut cmd = Command::new(s.binary);
     cmd.args(&s.args).env_clear().stdin(Stdio::null());
     if let Some(c) = &s.confine {
@@ -65,7 +70,8 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
         cmd.env("WARD_HOSTILE_TEST", v);
     }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, sigprocmask, setpgid, write, unshare, dup2) on descriptors that exist.
+    // (prctl, getppid, sigprocmask, setpgid, write, unshare, open, close, dup2) on descriptors
+    // that exist and NUL-terminated strings made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -87,6 +93,22 @@ pub fn spawn(s: Spawn<'_>) -> Result<Child> {
             if let Some(fd) = cgroup_procs {
                 // "0": the writing process itself moves into the group.
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(ctx) = &exec_context {
+                // What libselinux's setexeccon does: the context the next exec enters.
+                let fd = libc::open(
+                    c"/proc/thread-self/attr/exec".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let len = ctx.to_bytes_with_nul().len();
+                let written = libc::write(fd, ctx.as_ptr().cast(), len);
+                libc::close(fd);
+                if written != len as isize {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -246,6 +246,11 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         )?),
         None => None,
     };
+    // sVirt labels, derived from that uid: processes and images.
+    let selinux = match (&spec.policy, &lease) {
+        (Some(p), Some(l)) => crate::selinux::prepare(&p.selinux, p.identity.uid_range, l.uid)?,
+        _ => None,
+    };
     let mut workers: Vec<Worker> = Vec::new();
     let result = start_and_watch(StartArgs {
         spec,
@@ -262,6 +267,7 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         workers: &mut workers,
         uid: lease.as_ref().map(|l| l.uid),
         cgroup_procs: group.as_ref().map(|g| g.procs().as_fd()),
+        selinux: selinux.as_ref(),
     });
     // Workers end by themselves when the core (their frontend) has gone, logging their
     // counters on the way out: a moment for that, then SIGTERM for any still running.
@@ -343,6 +349,8 @@ struct StartArgs<'a> {
     uid: Option<u32>,
     /// The VM cgroup's `cgroup.procs`, when the VM has a cgroup.
     cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The VM's SELinux labels, where it has them.
+    selinux: Option<&'a crate::selinux::VmSelinux>,
 }
 
 fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
@@ -351,6 +359,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
         seccomp: seccomp_mode(spec, kind).to_string(),
         confinement: confinement(spec, kind, a.uid),
         cgroup_procs: a.cgroup_procs,
+        selinux: a.selinux,
     };
     let mut sockets = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
@@ -409,6 +418,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
             .as_ref()
             .is_some_and(|c| c.fork_into_pid_ns),
         cgroup_procs: a.cgroup_procs,
+        exec_context: a.selinux.map(|s| s.exec_context().as_c_str()),
     })?;
     drop(kvm);
     drop(theirs);

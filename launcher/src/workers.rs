@@ -13,6 +13,7 @@ use tracing::info;
 use ward_ipc::core::DeviceKind;
 use ward_policy::sandbox::Confinement;
 
+use crate::selinux::{self, Relabelled, VmSelinux};
 use crate::spawn::{spawn, Spawn, FIRST_FD};
 use crate::watch::{backing_chain, open_disk};
 use crate::{Disk, Error, Net, Result, RuntimeDir, VirtioConsole};
@@ -24,9 +25,11 @@ pub(crate) struct WorkerOpts<'a> {
     pub confinement: Option<Confinement>,
     /// The VM cgroup's `cgroup.procs`, if the VM has a cgroup.
     pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The VM's SELinux labels, where it has them.
+    pub selinux: Option<&'a VmSelinux>,
 }
 
-impl WorkerOpts<'_> {
+impl<'a> WorkerOpts<'a> {
     fn confine(&self) -> Option<String> {
         self.confinement.as_ref().map(Confinement::to_json)
     }
@@ -35,6 +38,10 @@ impl WorkerOpts<'_> {
         self.confinement
             .as_ref()
             .is_some_and(|c| c.fork_into_pid_ns)
+    }
+
+    fn exec_context(&self) -> Option<&'a std::ffi::CStr> {
+        self.selinux.map(|s| s.exec_context().as_c_str())
     }
 }
 
@@ -45,6 +52,9 @@ pub(crate) struct Worker {
     /// How errors name it ("disk vda", "console").
     pub label: String,
     pub child: Child,
+    /// Images relabelled for the VM (SELinux): their labels come back when the worker is
+    /// dropped, after the VM.
+    pub _relabelled: Vec<Relabelled>,
 }
 
 /// A started worker and the launcher's connection to its vhost-user socket, for the core.
@@ -75,6 +85,21 @@ pub(crate) fn start_block(
 ) -> Result<Started> {
     let image = open_disk(&disk.path, disk.readonly)?;
     let (format, backing) = backing_chain(&disk.path, &image, disk.format)?;
+    // sVirt: the image is the VM's (its categories) unless read-only; backing files are
+    // shared content. Labelled through the descriptors the worker gets.
+    let mut relabelled = Vec::new();
+    if let Some(se) = opts.selinux {
+        let (label, restore) = if disk.readonly {
+            (&se.labels.shared, false)
+        } else {
+            (&se.labels.image, true)
+        };
+        relabelled.extend(selinux::relabel(se, &image, &disk.path, label, restore)?);
+        for (backing_name, f) in &backing {
+            let p = Path::new(backing_name);
+            selinux::relabel(se, f, p, &se.labels.shared, false)?;
+        }
+    }
     let (path, listener) = listen(rundir, name)?;
     let mut args = vec![
         "--socket-fd".to_string(),
@@ -105,12 +130,14 @@ pub(crate) fn start_block(
         confine: opts.confine(),
         new_pid_ns: opts.new_pid_ns(),
         cgroup_procs: opts.cgroup_procs,
+        exec_context: opts.exec_context(),
     })?;
     info!(device = %name, pid = child.id(), image = %disk.path.display(), "block worker started");
     let worker = Worker {
         device: name.to_string(),
         label: format!("disk {name}"),
         child,
+        _relabelled: relabelled,
     };
     Ok(Started {
         worker,
@@ -187,12 +214,14 @@ pub(crate) fn start_console(
         confine: opts.confine(),
         new_pid_ns: opts.new_pid_ns(),
         cgroup_procs: opts.cgroup_procs,
+        exec_context: opts.exec_context(),
     })?;
     info!(pid = child.id(), log = %console.log.display(), "console worker started");
     let worker = Worker {
         device: name.to_string(),
         label: "console".to_string(),
         child,
+        _relabelled: Vec::new(),
     };
     Ok(Started {
         worker,
@@ -234,12 +263,14 @@ pub(crate) fn start_net(
         confine: opts.confine(),
         new_pid_ns: opts.new_pid_ns(),
         cgroup_procs: opts.cgroup_procs,
+        exec_context: opts.exec_context(),
     })?;
     info!(device = %name, pid = child.id(), tap = %net.tap, %mac, "network worker started");
     let worker = Worker {
         device: name.clone(),
         label: format!("network {name} (tap {})", net.tap),
         child,
+        _relabelled: Vec::new(),
     };
     Ok(Started {
         worker,

@@ -13,6 +13,7 @@
 pub mod host;
 pub mod sandbox;
 pub mod seccomp;
+pub mod selinux;
 pub mod vm;
 
 pub use seccomp::{Profile, SeccompMode};

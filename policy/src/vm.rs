@@ -233,6 +233,10 @@ pub struct Selinux {
     pub level: Level,
     /// The domain of the VM's processes (from the module in `policy/selinux/`).
     pub domain: String,
+    /// The type of a VM's writable images while it runs (with the VM's categories).
+    pub image_type: String,
+    /// The type of read-only images and backing files (shared: no categories).
+    pub content_type: String,
 }
 
 impl Default for Selinux {
@@ -240,6 +244,8 @@ impl Default for Selinux {
         Selinux {
             level: Level::Preferred,
             domain: "ward_t".into(),
+            image_type: "ward_image_t".into(),
+            content_type: "ward_content_t".into(),
         }
     }
 }
@@ -356,8 +362,8 @@ pub enum Error {
     MemoryMax(u64),
     #[error("cgroup.cpu_max: period_us must be 1000..=1000000 and quota_us at least 1000 (got {quota_us}/{period_us})")]
     CpuMax { quota_us: u64, period_us: u64 },
-    #[error("selinux.domain {0:?} must be an SELinux type name (letters, digits, '_')")]
-    SelinuxDomain(String),
+    #[error("selinux.{0} {1:?} must be an SELinux type name (letters, digits, '_')")]
+    SelinuxType(&'static str, String),
 }
 
 impl VmPolicy {
@@ -403,9 +409,15 @@ impl VmPolicy {
                 });
             }
         }
-        let d = &self.selinux.domain;
-        if d.is_empty() || !d.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
-            return Err(Error::SelinuxDomain(d.clone()));
+        let se = &self.selinux;
+        for (field, t) in [
+            ("domain", &se.domain),
+            ("image_type", &se.image_type),
+            ("content_type", &se.content_type),
+        ] {
+            if t.is_empty() || !t.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                return Err(Error::SelinuxType(field, t.clone()));
+            }
         }
         Ok(())
     }
@@ -505,8 +517,8 @@ pub fn applied(kind: Option<Kind>, m: Mechanism) -> bool {
         // Every process enters the rest in `sandbox::enter`.
         (Some(_), M::Namespaces | M::Landlock | M::OwnUid | M::Rlimits) => true,
         // The VM's uid range: the workers take their uid from it; the VM's cgroup (v2, where
-        // the host has it).
-        (None, M::OwnUid | M::Cgroup) => true,
+        // the host has it); its SELinux labels (where the host has SELinux).
+        (None, M::OwnUid | M::Cgroup | M::Selinux) => true,
         _ => false,
     }
 }

@@ -152,6 +152,14 @@ fn contradictions_and_impossible_values_are_refused() {
         ),
         (r#"{"selinux": {"domain": "ward_t:s0"}}"#, "selinux.domain"),
         (r#"{"selinux": {"domain": ""}}"#, "selinux.domain"),
+        (
+            r#"{"selinux": {"image_type": "a b"}}"#,
+            "selinux.image_type",
+        ),
+        (
+            r#"{"selinux": {"content_type": "x:y"}}"#,
+            "selinux.content_type",
+        ),
     ] {
         let e = refused(json);
         assert!(e.contains(says), "{json}: {e}");
@@ -199,7 +207,7 @@ fn show_counts_the_syscalls_of_every_thread_kind() {
     assert!(!core.contains("landlock: required (not"), "{core}");
     assert!(applied(Some(Kind::Core), Mechanism::Seccomp));
     assert!(applied(None, Mechanism::Cgroup));
-    assert!(!applied(None, Mechanism::Selinux));
+    assert!(applied(None, Mechanism::Selinux));
     assert_eq!("block".parse::<Kind>().unwrap(), Kind::Block);
     assert!("disk".parse::<Kind>().is_err());
 }

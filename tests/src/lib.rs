@@ -625,6 +625,58 @@ pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// ward's binaries, as the nested machine gets them.
+const NESTED_BINS: [&str; 6] = [
+    "ward",
+    "ward-vmm",
+    "ward-block",
+    "ward-console",
+    "ward-img",
+    "ward-net",
+];
+
+/// `tests/nested/run-nested.sh` with ward's binaries and a 900 s limit; the caller adds files,
+/// disks, the environment and the script.
+fn nested_command() -> Command {
+    let mut c = Command::new("bash");
+    c.arg(repo().join("tests/nested/run-nested.sh"))
+        .args(["--timeout", "900"]);
+    for b in NESTED_BINS {
+        c.arg("--bin").arg(bin(b));
+    }
+    c
+}
+
+/// Runs `script` in the nested machine whatever the host (for what only a kernel the test
+/// controls can show, such as SELinux), with `files` copied in (`SRC:DEST` as
+/// run-nested.sh's `--file`), `env` set, `append` on the machine's kernel command line;
+/// returns its output, asserting that it succeeded.
+pub fn run_nested_script(script: &str, files: &[String], env: &[String], append: &str) -> String {
+    let script = repo().join(script);
+    let mut c = nested_command();
+    for f in files {
+        c.arg("--file").arg(f);
+    }
+    for e in env {
+        c.arg("--env").arg(e);
+    }
+    if !append.is_empty() {
+        c.arg("--append").arg(append);
+    }
+    c.args(["--env", "SCRATCH=/tmp"])
+        .arg("--script")
+        .arg(&script);
+    let out = c.output().expect("run the nested machine");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{text}",
+        script.display(),
+        out.status
+    );
+    text
+}
+
 /// The prepared Linux guest: (kernel, initramfs), prepared by `tests/guest/prepare.sh`.
 pub fn linux_guest() -> (PathBuf, PathBuf) {
     let dir = repo().join("target/guest/linux");
@@ -650,22 +702,9 @@ pub fn linux_guest() -> (PathBuf, PathBuf) {
 pub fn run_linux_script(script: &str, scratch: &TempDir, disks: &[(&str, &Path)]) -> String {
     let (kernel, initrd) = linux_guest();
     let script = repo().join(script);
-    let bins = [
-        "ward",
-        "ward-vmm",
-        "ward-block",
-        "ward-console",
-        "ward-img",
-        "ward-net",
-    ];
     let out = if host_is_pvm() {
         eprintln!("host KVM is PVM: running the Linux guest inside the nested machine");
-        let mut c = Command::new("bash");
-        c.arg(repo().join("tests/nested/run-nested.sh"))
-            .args(["--timeout", "900"]);
-        for b in bins {
-            c.arg("--bin").arg(bin(b));
-        }
+        let mut c = nested_command();
         for f in [&kernel, &initrd] {
             c.arg("--file").arg(format!("{}:/ward/guest/", f.display()));
         }

@@ -3,10 +3,12 @@
 #
 # TCP throughput of the Linux guest, ward (ward-net) against QEMU microvm with virtio-net
 # vhost=off, both on a TAP device, in a network namespace of its own (`unshare -n`, re-executing
-# this script): no frame leaves it. Run where the VMs run: inside the nested machine
+# this script): no frame leaves it. With VMMS="ward wardu": ward confined against ward
+# --unconfined (the cost of confinement) instead. Run where the VMs run: inside the nested machine
 # (bench/src/linux.rs starts it there), or directly as root on a host with real KVM.
 # Environment: GUEST_DIR (vmlinuz, initramfs.cpio.gz), SCRATCH (writable), RUNS, MIB (MiB per
-# transfer), QEMU (its binary), QEMU_DATA (its firmware directory, optional); `ward`,
+# transfer), VMMS (the two compared, default "ward qemu"), QEMU (its binary), QEMU_DATA (its
+# firmware directory, optional); `ward`,
 # `ward-vmm`, `ward-net` on PATH.
 #
 # Each run boots the guest (1 vCPU, 256 MiB) on one VMM. The guest brings eth0 up as
@@ -14,7 +16,7 @@
 # busybox nc and times it (guest -> host); then it listens and the host sends MIB MiB to it,
 # timed by the host (host -> guest). Both ends use the same busybox nc under both VMMs. Runs
 # alternate which VMM goes first. Output: one line per transfer,
-#   NETBENCH vmm=<ward|qemu> dir=<g2h|h2g> bytes=<n> secs=<s>
+#   NETBENCH vmm=<ward|wardu|qemu> dir=<g2h|h2g> bytes=<n> secs=<s>
 
 BB=busybox
 if [ -n "$GUEST_DIR" ] && [ -x "$GUEST_DIR/busybox" ]; then
@@ -105,10 +107,16 @@ bytes=$((MIB * 1048576))
 one() { # vmm run
     log="$SCRATCH/$1-$2.log"
     rm -f "$log"
-    if [ "$1" = ward ]; then
+    if [ "$1" = ward ] || [ "$1" = wardu ]; then
         tap=btap0
+        unconfined=
+        if [ "$1" = wardu ]; then
+            tap=btapu
+            unconfined=--unconfined
+        fi
+        # shellcheck disable=SC2086 # empty, or --unconfined
         ward run --name "nb$2" --kernel "$GUEST_DIR/vmlinuz" --initrd "$GUEST_DIR/initramfs.cpio.gz" \
-            --memory 256M --vcpus 1 --net "tap=$tap,mac=$MAC" --console-log "$log" \
+            --memory 256M --vcpus 1 --net "tap=$tap,mac=$MAC" --console-log "$log" $unconfined \
             --cmdline "$CMDLINE" </dev/null >"$SCRATCH/$1-$2.out" 2>&1 &
     else
         tap=btapq
@@ -154,14 +162,17 @@ one() { # vmm run
     fi
 }
 
+# shellcheck disable=SC2086 # two words
+set -- ${VMMS:-ward qemu}
+first=$1 second=$2
 r=0
 while [ "$r" -lt "$RUNS" ]; do
     if [ $((r % 2)) = 0 ]; then
-        one ward "$r"
-        one qemu "$r"
+        one "$first" "$r"
+        one "$second" "$r"
     else
-        one qemu "$r"
-        one ward "$r"
+        one "$second" "$r"
+        one "$first" "$r"
     fi
     r=$((r + 1))
 done

@@ -162,8 +162,26 @@ fn main() -> anyhow::Result<()> {
         if !args.no_net {
             println!(
                 "{}",
-                linux::net(&bin_dir, args.linux_runs, args.net_mib, &tmp.0)?
+                linux::net(
+                    &bin_dir,
+                    args.linux_runs,
+                    args.net_mib,
+                    &tmp.0,
+                    linux::VS_QEMU
+                )?
             );
+            if !args.no_confine {
+                println!(
+                    "{}",
+                    linux::net(
+                        &bin_dir,
+                        args.linux_runs,
+                        args.net_mib,
+                        &tmp.0,
+                        linux::CONFINEMENT
+                    )?
+                );
+            }
         }
     }
     Ok(())

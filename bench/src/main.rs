@@ -160,27 +160,14 @@ fn main() -> anyhow::Result<()> {
             println!("{report}");
         }
         if !args.no_net {
-            println!(
-                "{}",
-                linux::net(
-                    &bin_dir,
-                    args.linux_runs,
-                    args.net_mib,
-                    &tmp.0,
-                    linux::VS_QEMU
-                )?
-            );
-            if !args.no_confine {
-                println!(
-                    "{}",
-                    linux::net(
-                        &bin_dir,
-                        args.linux_runs,
-                        args.net_mib,
-                        &tmp.0,
-                        linux::CONFINEMENT
-                    )?
-                );
+            let pairs: &[linux::Pair] = if args.no_confine {
+                &[linux::VS_QEMU]
+            } else {
+                &[linux::VS_QEMU, linux::CONFINEMENT]
+            };
+            for pair in pairs {
+                let report = linux::net(&bin_dir, args.linux_runs, args.net_mib, &tmp.0, *pair)?;
+                println!("{report}");
             }
         }
     }

@@ -4,6 +4,7 @@
 
 mod attach;
 mod policy;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Cmd {
     /// Confinement policies: `ward policy show [--file F] [KIND...]` prints the effective
     /// policy of each process kind, with the syscalls each thread kind may make.
     Policy(policy::PolicyArgs),
+    /// What confinement this host can give (SELinux, cgroup v2) and the VMs running here: each
+    /// process's uid, seccomp and SELinux context.
+    Status(status::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -215,6 +219,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("ward: {e:#}");
                 ExitCode::from(1)
+            }
+        },
+        Cmd::Status(args) => match status::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ward: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Cmd::Policy(args) => match policy::run(&args) {

@@ -18,6 +18,7 @@ mod identity;
 mod runtime;
 mod selinux;
 mod spawn;
+pub mod status;
 mod watch;
 mod workers;
 

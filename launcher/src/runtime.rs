@@ -34,7 +34,14 @@ impl RuntimeDir {
         // The umask may have taken bits away, never added them; make it exact anyway.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::RuntimeDir(path.clone(), e))?;
-        Ok(RuntimeDir { path })
+        let dir = RuntimeDir { path };
+        // For `ward status`: which process runs this VM.
+        std::fs::write(
+            dir.path.join(crate::status::PID_FILE),
+            std::process::id().to_string(),
+        )
+        .map_err(|e| Error::RuntimeDir(dir.path.clone(), e))?;
+        Ok(dir)
     }
 
     pub fn path(&self) -> &Path {

@@ -63,6 +63,7 @@ wait_idle a && wait_idle b || exit 1
 grep "PROBE blk-info:0" "$D/a.log" "$D/b.log" | sed 's/^/LINUX-SELINUX /'
 contexts a "$wa"
 contexts b "$wb"
+ward status a 2>&1 | sed 's/^/LINUX-SELINUX status: /'
 # B's core, at work inside its pid namespace: a target for VM c's worker.
 bcore=
 for c in $(cat /proc/"$wb"/task/*/children); do

@@ -666,7 +666,11 @@ pub fn run_nested_script(script: &str, files: &[String], env: &[String], append:
     c.args(["--env", "SCRATCH=/tmp"])
         .arg("--script")
         .arg(&script);
-    let out = c.output().expect("run the nested machine");
+    succeeded(&script, c.output().expect("run the nested machine"))
+}
+
+/// What `script` printed, asserting that it (and the nested machine, if any) succeeded.
+fn succeeded(script: &Path, out: std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -736,12 +740,5 @@ pub fn run_linux_script(script: &str, scratch: &TempDir, disks: &[(&str, &Path)]
         }
         c.output().expect("run the script")
     };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{} failed ({}):\n{text}",
-        script.display(),
-        out.status
-    );
-    text
+    succeeded(&script, out)
 }

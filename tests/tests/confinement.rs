@@ -163,6 +163,47 @@ fn every_process_of_a_vm_runs_confined() {
         );
     }
 
+    // `ward status` shows the VM's processes as they work, and says plainly what this host
+    // does not give (here: SELinux, where the host has it off).
+    let status = std::process::Command::new(ward_tests::bin("ward"))
+        .args(["status", "conf-a"])
+        .env("XDG_RUNTIME_DIR", &dir.0)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("vm conf-a (launcher pid {}):", a.id())),
+        "{said}"
+    );
+    let selinux_on = std::path::Path::new("/sys/fs/selinux/enforce").exists();
+    for comm in ["ward-block", "ward-console", "ward-net", "ward-vmm"] {
+        let l = said
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{comm} pid ")))
+            .unwrap_or_else(|| panic!("no {comm} in:\n{said}"));
+        assert!(l.contains("(pid 1 in its namespace)"), "{l}");
+        assert!(l.contains(&format!("uid {}", uid.unwrap())), "{l}");
+        let (on, all) = l
+            .split("seccomp on ")
+            .nth(1)
+            .and_then(|r| r.split(" threads").next())
+            .and_then(|r| r.split_once(" of "))
+            .unwrap_or_else(|| panic!("{l}"));
+        assert!(on == all && on != "0", "{l}");
+        if selinux_on {
+            assert!(l.contains("SELinux system_u:system_r:ward_t:"), "{l}");
+        } else {
+            assert!(
+                l.contains("SELinux none (SELinux is off on this host)"),
+                "{l}"
+            );
+        }
+    }
+    if !selinux_on {
+        assert!(said.contains("this host: SELinux is off"), "{said}");
+    }
+
     // A second VM at the same time gets a uid of its own.
     let mut run_b = WardRun::probe(&dir, "conf-b", "cons-echo:0:1");
     run_b.cmdline += " probe.timeout_ms=120000";

@@ -116,6 +116,20 @@ fn each_vm_runs_in_its_own_selinux_categories() {
         );
     }
     assert_ne!(pairs[0], pairs[1], "two VMs share a category pair");
+    // `ward status` says so too.
+    let (a, b) = pairs[0];
+    for comm in ["ward-vmm", "ward-block"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("LINUX-SELINUX status: ")
+                && l.contains(&format!("{comm} pid "))
+                && l.ends_with(&format!("SELinux system_u:system_r:ward_t:s0:c{a},c{b}"))),
+            "ward status on {comm}:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("LINUX-SELINUX status:   this host: SELinux is enabled and enforcing"),
+        "{out}"
+    );
 
     // SELinux alone stops a worker reaching VM b; shared content stays readable; without
     // SELinux the same worker gets through.

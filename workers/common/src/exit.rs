@@ -37,6 +37,26 @@ pub fn confine(json: Option<&str>) -> Result<(), i32> {
     }
 }
 
+/// What every worker's `main` does once its arguments are parsed, and exits with the code:
+/// enter the confinement handed over (`--confine`, see [`confine`]) before anything else, then
+/// make its `Config` and run it (see [`code`]).
+pub fn main<C, CE, E>(
+    confine_json: Option<&str>,
+    config: impl FnOnce() -> Result<C, CE>,
+    usage: i32,
+    run: impl FnOnce(C) -> Result<(), E>,
+    exit_code: impl FnOnce(&E) -> i32,
+) -> !
+where
+    CE: Error,
+    E: Error,
+{
+    if let Err(c) = confine(confine_json) {
+        std::process::exit(c);
+    }
+    std::process::exit(code(config(), usage, run, exit_code))
+}
+
 /// The error and its causes, outermost first, separated by `": "`.
 pub fn chain(e: &dyn Error) -> String {
     let mut s = e.to_string();

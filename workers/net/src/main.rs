@@ -58,15 +58,13 @@ impl TryFrom<Args> for Config {
 
 fn main() {
     ward_ipc::log::init(ward_worker::exit::DEFAULT_LOG);
-    let args = Args::parse();
-    if let Err(code) = ward_worker::exit::confine(args.confine.as_deref()) {
-        std::process::exit(code);
-    }
-    let cfg = Config::try_from(args);
-    std::process::exit(ward_worker::exit::code(
-        cfg,
+    let mut args = Args::parse();
+    let confine = args.confine.take();
+    ward_worker::exit::main(
+        confine.as_deref(),
+        || Config::try_from(args),
         exit_code::USAGE,
         ward_net::run,
         ward_net::Error::exit_code,
-    ));
+    )
 }

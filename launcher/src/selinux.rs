@@ -7,7 +7,7 @@
 //! not know ward's types (the module in `policy/selinux/` is not installed) is treated the
 //! same way, with a warning that names the missing context.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::path::Path;
 
@@ -32,7 +32,7 @@ pub struct VmSelinux {
 }
 
 impl VmSelinux {
-    pub fn exec_context(&self) -> &CString {
+    pub fn exec_context(&self) -> &CStr {
         &self.exec
     }
 }

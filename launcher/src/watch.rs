@@ -418,7 +418,7 @@ fn start_and_watch(a: StartArgs<'_>) -> Result<Outcome> {
             .as_ref()
             .is_some_and(|c| c.fork_into_pid_ns),
         cgroup_procs: a.cgroup_procs,
-        exec_context: a.selinux.map(|s| s.exec_context().as_c_str()),
+        exec_context: a.selinux.map(crate::selinux::VmSelinux::exec_context),
     })?;
     drop(kvm);
     drop(theirs);

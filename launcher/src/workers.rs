@@ -41,7 +41,7 @@ impl<'a> WorkerOpts<'a> {
     }
 
     fn exec_context(&self) -> Option<&'a std::ffi::CStr> {
-        self.selinux.map(|s| s.exec_context().as_c_str())
+        self.selinux.map(VmSelinux::exec_context)
     }
 }
 

@@ -440,46 +440,48 @@ pub fn workers_named(pid: u32, comm: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Every thread of `pid`: its tid, its name and its `/proc/<pid>/task/<tid>/status`.
+fn threads(pid: u32) -> Vec<(u32, String, String)> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let tid = e.file_name().to_string_lossy().parse().unwrap_or(0);
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            Some((tid, comm.trim().to_string(), status))
+        })
+        .collect()
+}
+
+/// The value of `key` (e.g. `"Seccomp:"`) in a status file.
+fn status_value<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+}
+
 /// The `Seccomp:` mode of every thread of `pid`, as (tid, mode).
 pub fn seccomp_modes(pid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let tid: u32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
-        if let Ok(st) = std::fs::read_to_string(e.path().join("status")) {
-            if let Some(mode) = st
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
-                .map(|v| v.trim().to_string())
-            {
-                out.push((tid, mode));
-            }
-        }
-    }
-    out
+    threads(pid)
+        .into_iter()
+        .filter_map(|(tid, _, st)| Some((tid, status_value(&st, "Seccomp:")?.to_string())))
+        .collect()
 }
 
 /// Every thread of `pid` as (name, number of seccomp filters it runs under).
 pub fn thread_filters(pid: u32) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        let n = std::fs::read_to_string(e.path().join("status"))
-            .ok()
-            .and_then(|st| {
-                st.lines()
-                    .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0);
-        out.push((comm.trim().to_string(), n));
-    }
-    out
+    threads(pid)
+        .into_iter()
+        .map(|(_, comm, st)| {
+            let n = status_value(&st, "Seccomp_filters:")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            (comm, n)
+        })
+        .collect()
 }
 
 /// A network namespace made for one test, `ward-t-<pid>-<n>`, deleted when dropped (also while a

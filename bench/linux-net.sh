@@ -63,6 +63,55 @@ wait_listen() { # port seconds
     done
 }
 
+# Where the time goes, host -> guest: a snapshot before and after the transfer of what KVM
+# counted (debugfs: exits, interrupts injected, MMIO exits, halts; the sums over all VMs, and
+# one VM runs at a time), of this machine's CPU time (/proc/stat: busy, guest) and of every
+# thread's CPU time, by thread name (/proc/*/task/*/stat: utime + stime, guest time included).
+# Ticks are USER_HZ (100 per second).
+KVM_STATS="exits irq_injections mmio_exits halt_exits halt_wakeup io_exits irq_exits irq_window_exits request_irq_exits signal_exits"
+# And, where tracefs is there, the work items the kernel's workqueues ran, by function
+# (irqfd_inject is KVM injecting an irqfd's interrupt on an IOAPIC pin from a kworker).
+if ! [ -e /sys/kernel/debug/kvm ]; then
+    "$BB" mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+fi
+WQ=/sys/kernel/tracing/events/workqueue/workqueue_execute_start
+if ! [ -e "$WQ" ]; then
+    "$BB" mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+fi
+wq_start() {
+    [ -w "$WQ/enable" ] || return 0
+    : >/sys/kernel/tracing/trace
+    echo 1 >"$WQ/enable"
+}
+wq_stop() { # file: one "wq_FUNCTION count" line per function
+    : >"$1"
+    [ -w "$WQ/enable" ] || return 0
+    echo 0 >"$WQ/enable"
+    sed -n 's/.*workqueue_execute_start:.* function \([A-Za-z0-9_.]*\).*/\1/p' /sys/kernel/tracing/trace |
+        sort | uniq -c | "$BB" awk '{ print "wq_" $2, $1 }' >"$1"
+}
+snap() { # file
+    for k in $KVM_STATS; do
+        v=$(cat "/sys/kernel/debug/kvm/$k" 2>/dev/null) && [ -n "$v" ] && printf 'kvm_%s %s\n' "$k" "$v"
+    done >"$1"
+    "$BB" awk '/^cpu / { print "cpu_busy", $2 + $3 + $4 + $7 + $8 + $9; print "cpu_guest", $10 + $11 }' /proc/stat >>"$1"
+    cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | "$BB" awk '
+        { s = index($0, "("); e = 0
+          for (i = length($0); i > s; i--) if (substr($0, i, 1) == ")") { e = i; break }
+          if (e == 0) next
+          c = substr($0, s + 1, e - s - 1); gsub(/[^A-Za-z0-9_.\/-]/, "_", c)
+          n = split(substr($0, e + 2), f, " ")
+          if (n >= 13) t[c] += f[12] + f[13] }
+        END { for (c in t) print "thr_" c, t[c] }' >>"$1"
+}
+prof() { # vmm before after work: one line of what grew between the two snapshots, and the
+    # work items (counted from zero: an empty file stands for the before)
+    "$BB" awk -v v="$1" '
+        FNR == NR { a[$1] = $2; next }
+        { d = $2 - a[$1]; if (d > 0) line = line " " $1 "=" d }
+        END { print "NETPROF vmm=" v " dir=h2g" line }' "$2" "$3" "$4"
+}
+
 running() {
     st=$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null) || return 1
     [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
@@ -94,7 +143,8 @@ printf "#!/bin/sh\nexec cat >/dev/null\n" >/tmp/r;chmod +x /tmp/r
 timeout 300 nc -l -p 5002 -e /tmp/r & l=$!
 n=0;until netstat -ltn|grep -q ":5002 ";do sleep 1;n=$((n+1));[ $n -lt 60 ]||break;done
 echo NET G-LISTEN
-wait $l;echo NET G-RX rc=$?'
+wait $l;echo NET G-RX rc=$?
+sleep 3'
 G=$(printf '%s' "$G" | sed "s/count=MIB/count=$MIB/")
 CMDLINE="console=ttyS0 quiet panic=-1 ward.run=$(b64 "$G")"
 MAC=52:54:00:78:00:02
@@ -123,7 +173,7 @@ one() { # vmm run
         # shellcheck disable=SC2086 # empty, or -L and a directory
         "$QEMU" $QEMU_L -M microvm -enable-kvm -cpu host -m 256M -smp 1 \
             -nodefaults -no-user-config -nographic -no-reboot -serial "file:$log" \
-            -global virtio-mmio.force-legacy=false \
+            -name "nb$2,debug-threads=on" -global virtio-mmio.force-legacy=false \
             -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.cpio.gz" \
             -append "$CMDLINE" \
             -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no,vhost=off" \
@@ -146,10 +196,18 @@ one() { # vmm run
         fi
         wait_exit "$lis" 60
         if wait_for "$log" "NET G-LISTEN" 120; then
+            snap "$SCRATCH/prof0"
+            wq_start
             t0=$(now)
-            "$BB" timeout 300 "$BB" nc -w 10 10.78.0.2 5002 <"$SCRATCH/h2g.bin"
+            "$BB" time -o "$SCRATCH/nc-time" -f "%U %S" \
+                "$BB" timeout 300 "$BB" nc -w 10 10.78.0.2 5002 <"$SCRATCH/h2g.bin"
             rc=$?
             t1=$(now)
+            wq_stop "$SCRATCH/prof-wq"
+            # The sending nc has exited by the second snapshot: its CPU time, from time(1).
+            "$BB" awk '{ printf "thr_nc_sender %d\n", ($1 + $2) * 100 }' "$SCRATCH/nc-time" >>"$SCRATCH/prof-wq"
+            snap "$SCRATCH/prof1"
+            [ "$rc" = 0 ] && prof "$1" "$SCRATCH/prof0" "$SCRATCH/prof1" "$SCRATCH/prof-wq"
             awk -v v="$1" -v rc="$rc" -v a="$t0" -v b="$t1" -v n="$bytes" \
                 'BEGIN { printf "NETBENCH vmm=%s dir=h2g bytes=%d secs=%.3f rc=%s\n", v, n, b - a, rc }'
         fi

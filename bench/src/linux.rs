@@ -286,7 +286,14 @@ pub fn net(
             );
         }
     }
+    // Everything the script printed, for a run that did not complete (its guest's log tail is
+    // in it) and for the profile's raw numbers.
+    eprintln!("bench/linux-net.sh printed:\n{text}");
     let mut report = net_report(&text, runs, mib, pair)?;
+    if let Some(prof) = crate::netprof::report(&text, mib, pair.vmms, pair.columns) {
+        report += "\nWhere the time goes, host → guest (what grew during each transfer):\n\n";
+        report += &prof;
+    }
     if crashed > 0 {
         report += &format!(
             "The nested machine failed {crashed} time(s) during these runs; the runs it had \

@@ -7,6 +7,7 @@ mod convert;
 mod linux;
 mod measure;
 mod net;
+mod netprof;
 mod probe;
 
 use std::path::PathBuf;

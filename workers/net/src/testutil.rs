@@ -165,6 +165,15 @@ impl Ring {
         matches!((&self.call).read(&mut b), Ok(n) if n > 0)
     }
 
+    /// How many times the device signalled since the last call (each signal writes 8 bytes).
+    pub fn signals(&self) -> usize {
+        let mut b = [0u8; 512];
+        match (&self.call).read(&mut b) {
+            Ok(n) => n / 8,
+            Err(_) => 0,
+        }
+    }
+
     /// EVENT_IDX: the driver asks for a signal once the used index passes `v`.
     pub fn set_used_event(&self, v: u16) {
         let at = self.avail + 4 + 2 * u64::from(self.size);

@@ -96,11 +96,10 @@ snap() { # file
     done >"$1"
     "$BB" awk '/^cpu / { print "cpu_busy", $2 + $3 + $4 + $7 + $8 + $9; print "cpu_guest", $10 + $11 }' /proc/stat >>"$1"
     cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | "$BB" awk '
-        { s = index($0, "("); e = 0
-          for (i = length($0); i > s; i--) if (substr($0, i, 1) == ")") { e = i; break }
-          if (e == 0) next
-          c = substr($0, s + 1, e - s - 1); gsub(/[^A-Za-z0-9_.\/-]/, "_", c)
-          n = split(substr($0, e + 2), f, " ")
+        # The name is between the first "(" and the last ")": the regex is greedy.
+        match($0, /\(.*\)/) {
+          c = substr($0, RSTART + 1, RLENGTH - 2); gsub(/[^A-Za-z0-9_.\/-]/, "_", c)
+          n = split(substr($0, RSTART + RLENGTH + 1), f, " ")
           if (n >= 13) t[c] += f[12] + f[13] }
         END { for (c in t) print "thr_" c, t[c] }' >>"$1"
 }

@@ -161,8 +161,7 @@ impl Ring {
 
     /// Whether the device signalled since the last call.
     pub fn signalled(&self) -> bool {
-        let mut b = [0u8; 64];
-        matches!((&self.call).read(&mut b), Ok(n) if n > 0)
+        self.signals() > 0
     }
 
     /// How many times the device signalled since the last call (each signal writes 8 bytes).

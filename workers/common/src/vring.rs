@@ -45,20 +45,31 @@ pub fn exit_event(span: &tracing::Span) -> Option<(EventConsumer, EventNotifier)
     }
 }
 
-/// Signals the guest if it asked to be (EVENT_IDX) or always (without it). A failed signal is
-/// counted in `notify_errors`, a used ring that cannot be read in `ring_errors`.
-pub fn notify(vring: &VringRwLock, notify_errors: &AtomicU64, ring_errors: &AtomicU64) {
+/// Signals the guest if it asked to be (EVENT_IDX) or always (without it), and says whether it
+/// did. A failed signal is counted in `notify_errors`, a used ring that cannot be read in
+/// `ring_errors`.
+pub fn notify(vring: &VringRwLock, notify_errors: &AtomicU64, ring_errors: &AtomicU64) -> bool {
     match vring.needs_notification() {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = vring.signal_used_queue() {
-                let n = bump(notify_errors);
-                if should_log(n) {
-                    warn!(error = %e, count = n, "cannot signal the guest");
-                }
+        Ok(false) => false,
+        Ok(true) => match vring.signal_used_queue() {
+            Ok(()) => true,
+            Err(e) => {
+                count_notify_error(notify_errors, &e);
+                false
             }
+        },
+        Err(e) => {
+            ring_error(ring_errors, "cannot read used_event", &e);
+            false
         }
-        Err(e) => ring_error(ring_errors, "cannot read used_event", &e),
+    }
+}
+
+/// Counts a failed signal of the guest in `notify_errors`, and logs it (rate-limited).
+pub fn count_notify_error(notify_errors: &AtomicU64, e: &dyn std::fmt::Display) {
+    let n = bump(notify_errors);
+    if should_log(n) {
+        warn!(error = %e, count = n, "cannot signal the guest");
     }
 }
 

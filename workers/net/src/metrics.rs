@@ -22,6 +22,10 @@ ward_worker::counters! {
         /// others went through the bounce buffer: the guest had posted less than the longest
         /// frame, or no MRG_RXBUF).
         rx_direct,
+        /// Interrupts raised for the receive queue (the guest asked for them: EVENT_IDX).
+        rx_signals,
+        /// Interrupts raised for the transmit queue.
+        tx_signals,
 
         /// TX drop: the chain does not end (loop, index out of range, broken indirect table).
         tx_bad_chain,
@@ -92,6 +96,6 @@ mod tests {
         let j = m.to_json();
         assert!(j.starts_with("{\"tx_frames\":1,\"tx_bytes\":1514,"), "{j}");
         assert!(j.ends_with("\"notify_errors\":0}"), "{j}");
-        assert_eq!(j.matches(':').count(), 30);
+        assert_eq!(j.matches(':').count(), 32);
     }
 }

@@ -5,8 +5,9 @@
 //! Nothing here panics on guest data, and no byte outside guest memory is touched: every buffer
 //! is checked against guest memory before it is used, and copies go through `vm-memory`.
 
+use std::num::Wrapping;
 use std::ops::Deref;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
@@ -183,6 +184,131 @@ pub fn has_available<T>(ctx: &Ctx<'_, T>, vring: &VringRwLock) -> bool {
     }
 }
 
+/// Returns `chains` (head, bytes written) to the driver together: their used elements are
+/// written first, and then the used index moves past all of them with one store.
+///
+/// A MRG_RXBUF frame spans several chains, and Linux drops a frame whose chains are not all in
+/// the used ring when it looks (a length error, `rx_length_errors`). `virtio-queue`'s
+/// `add_used` stores the index after each element, so a guest polling the ring (NAPI) while a
+/// frame's chains are returned one by one can see part of it; it has no way to return several
+/// at once, hence this. QEMU and vhost-net also write the index once per frame.
+///
+/// It leaves the library's count of chains added since the last notification check alone:
+/// the receive queue decides about notifications with [`Signal`], not the library.
+pub fn complete_all(ctx: &Ctx<'_, impl Sized>, vring: &VringRwLock, chains: &[(u16, u32)]) {
+    if chains.is_empty() {
+        return;
+    }
+    let mut state = vring.get_mut();
+    let q = state.get_queue_mut();
+    let (size, used) = (q.size(), q.used_ring());
+    let next = Wrapping(q.next_used());
+    for (i, &(head, len)) in chains.iter().enumerate() {
+        // The heads come from the available ring through the library, which checks them.
+        let slot = (next + Wrapping(i as u16)).0 % size.max(1);
+        // struct virtq_used_elem { le32 id; le32 len; }
+        let elem = (u64::from(head) | (u64::from(len) << 32)).to_le();
+        let addr = used
+            .checked_add(USED_RING_HEADER + u64::from(slot) * USED_ELEMENT)
+            .map(GuestAddress);
+        if addr.and_then(|a| ctx.mem.write_obj(elem, a).ok()).is_none() {
+            ring_error(
+                ctx.metrics,
+                "cannot return chains",
+                &"used ring not in guest memory",
+            );
+            return;
+        }
+    }
+    let new = next + Wrapping(chains.len() as u16);
+    let stored = used
+        .checked_add(2)
+        .map(GuestAddress)
+        .and_then(|a| ctx.mem.store(new.0.to_le(), a, Ordering::Release).ok());
+    if stored.is_none() {
+        ring_error(
+            ctx.metrics,
+            "cannot return chains",
+            &"used index not in guest memory",
+        );
+        return;
+    }
+    q.set_next_used(new.0);
+}
+
+/// Offset of the first element in the used ring (after flags and idx).
+const USED_RING_HEADER: u64 = 4;
+/// Size of one used element.
+const USED_ELEMENT: u64 = 8;
+/// Offset of the first element in the available ring (after flags and idx).
+const AVAIL_RING_HEADER: u64 = 4;
+/// VRING_AVAIL_F_NO_INTERRUPT: without EVENT_IDX, the driver does not want interrupts.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Notification decisions for a queue whose chains go back through [`complete_all`]: the
+/// used index as of the last decision, which EVENT_IDX's test needs (virtio 1.2, 2.7.10:
+/// signal when `used_event` lies between that index and the current one).
+#[derive(Debug, Default)]
+pub struct Signal {
+    last: Option<Wrapping<u16>>,
+}
+
+impl Signal {
+    /// Forgets the last decision: the queue restarts (the first decision then signals).
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+
+    /// Signals the guest if it asked to be told that the used index moved since the last
+    /// decision, and counts it in `signals`.
+    pub fn notify(&mut self, ctx: &Ctx<'_, impl Sized>, vring: &VringRwLock, signals: &AtomicU64) {
+        if self.wanted(ctx, vring) {
+            match vring.signal_used_queue() {
+                Ok(()) => {
+                    Metrics::bump(signals);
+                }
+                Err(e) => ward_worker::vring::count_notify_error(&ctx.metrics.notify_errors, &e),
+            }
+        }
+    }
+
+    fn wanted(&mut self, ctx: &Ctx<'_, impl Sized>, vring: &VringRwLock) -> bool {
+        let state = vring.get_ref();
+        let q = state.get_queue();
+        let new = Wrapping(q.next_used());
+        // The used index (stored by complete_all) before the driver's word is read.
+        fence(Ordering::SeqCst);
+        let flags_or_event = if ctx.event_idx {
+            // used_event follows the available ring's elements.
+            q.avail_ring()
+                .checked_add(AVAIL_RING_HEADER + 2 * u64::from(q.size()))
+        } else {
+            Some(q.avail_ring())
+        };
+        let word = flags_or_event
+            .map(GuestAddress)
+            .and_then(|a| ctx.mem.load::<u16>(a, Ordering::Relaxed).ok())
+            .map(u16::from_le);
+        let Some(word) = word else {
+            ring_error(
+                ctx.metrics,
+                "cannot read used_event",
+                &"not in guest memory",
+            );
+            // Better an interrupt too many than a guest left waiting.
+            return true;
+        };
+        if !ctx.event_idx {
+            return word & AVAIL_F_NO_INTERRUPT == 0;
+        }
+        let used_event = Wrapping(word);
+        match self.last.replace(new) {
+            None => true,
+            Some(old) => new - used_event - Wrapping(1) < new - old,
+        }
+    }
+}
+
 /// Returns a chain to the driver with `len` bytes written into it.
 pub fn complete(metrics: &Metrics, vring: &VringRwLock, head: u16, len: u32) {
     if let Err(e) = vring.add_used(head, len) {
@@ -191,8 +317,11 @@ pub fn complete(metrics: &Metrics, vring: &VringRwLock, head: u16, len: u32) {
 }
 
 /// Signals the guest if it asked to be (EVENT_IDX) or always (without it).
-pub fn notify(metrics: &Metrics, vring: &VringRwLock) {
-    ward_worker::vring::notify(vring, &metrics.notify_errors, &metrics.ring_errors);
+/// `signals` counts the times it did.
+pub fn notify(metrics: &Metrics, vring: &VringRwLock, signals: &AtomicU64) {
+    if ward_worker::vring::notify(vring, &metrics.notify_errors, &metrics.ring_errors) {
+        Metrics::bump(signals);
+    }
 }
 
 /// After a queue ran out of work (EVENT_IDX only): turns notifications back on and says whether

@@ -92,6 +92,8 @@ pub struct RxState {
     /// The held chains are the last ones taken from the ring (no chain after the first of them
     /// was returned empty), so they can be put back.
     contiguous: bool,
+    /// Whether the guest wants to hear of the chains returned since the last look.
+    signal: ring::Signal,
 }
 
 impl Default for RxState {
@@ -101,6 +103,7 @@ impl Default for RxState {
             pending: None,
             held: Vec::new(),
             contiguous: true,
+            signal: ring::Signal::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ impl RxState {
         self.pending = None;
         self.held.clear();
         self.contiguous = true;
+        self.signal.reset();
     }
 
     /// The queue stops: puts the held chains back on the available ring when no frame waits
@@ -195,7 +199,7 @@ fn take<T>(ctx: &Ctx<'_, T>, vring: &VringRwLock, st: &mut RxState) -> Take {
     if !st.held.is_empty() {
         st.contiguous = false;
     }
-    ring::complete(ctx.metrics, vring, head, 0);
+    ring::complete_all(ctx, vring, &[(head, 0)]);
     Take::Returned
 }
 
@@ -308,7 +312,7 @@ fn round<T: TapIo>(
                 match read_direct(ctx, vring, st) {
                     Direct::Delivered => {
                         *work += 1;
-                        ring::notify(ctx.metrics, vring);
+                        st.signal.notify(ctx, vring, &ctx.metrics.rx_signals);
                         used = false;
                         continue;
                     }
@@ -391,7 +395,7 @@ fn round<T: TapIo>(
             continue;
         }
         complete_frame(ctx, vring, &mut st.held, len, Some(&mut st.buf));
-        ring::notify(ctx.metrics, vring);
+        st.signal.notify(ctx, vring, &ctx.metrics.rx_signals);
         used = false;
     }
 }
@@ -459,9 +463,9 @@ fn complete_frame<T>(
             vec![0; chains.len()]
         }
     };
-    for (c, l) in chains.iter().zip(lens) {
-        ring::complete(ctx.metrics, vring, c.head, l);
-    }
+    // All of the frame's chains at once: see ring::complete_all.
+    let used: Vec<(u16, u32)> = chains.iter().map(|c| c.head).zip(lens).collect();
+    ring::complete_all(ctx, vring, &used);
 }
 
 /// Serves the receive queue: see the module documentation.
@@ -476,7 +480,7 @@ pub fn process<T: TapIo>(
     loop {
         let (taken, used, outcome) = round(ctx, vring, st, mrg, &mut work);
         if used {
-            ring::notify(ctx.metrics, vring);
+            st.signal.notify(ctx, vring, &ctx.metrics.rx_signals);
         }
         if outcome != Outcome::NoBuffers || !ctx.event_idx {
             return outcome;

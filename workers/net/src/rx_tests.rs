@@ -4,6 +4,8 @@
 //! EVENT_IDX.
 
 use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use vmm_sys_util::epoll::EventSet;
 
 use super::*;
@@ -387,4 +389,136 @@ fn stopping_the_queue_gives_the_held_chains_back() {
     // the base is the one chain used.
     d.backend.stop_vring(0).unwrap();
     assert_eq!(d.rx.vring.queue_next_avail(), 1);
+}
+
+#[test]
+fn a_frame_over_several_chains_is_published_with_one_index_store() {
+    // The guest polls the used index on another CPU while frames of three chains land: it
+    // must never see an index that ends inside a frame (Linux would drop the frame).
+    let mut d = Device::new(V1 | MRG, 256);
+    let used_idx = GuestAddress(crate::testutil::RX_BASE + 0x2000 + 2);
+    let mem = d.mem.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut seen, mut torn) = (std::collections::BTreeSet::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let idx: u16 = mem
+                    .memory()
+                    .load(used_idx, std::sync::atomic::Ordering::Acquire)
+                    .unwrap();
+                if !idx.is_multiple_of(3) {
+                    torn.push(idx);
+                }
+                seen.insert(idx);
+            }
+            (seen.len(), torn)
+        })
+    };
+    let frame = payload(700, 50);
+    let mut frames = 0;
+    for _ in 0..200 {
+        for i in 0..3 {
+            d.rx.chain(&[(buf(i), 256, W)]);
+        }
+        inject(&d.net, &with_hdr(tap_hdr(), &frame));
+        // New buffers: the driver kicks.
+        d.kick_rx();
+        frames += d.rx.used().len() / 3;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (distinct, torn) = watcher.join().unwrap();
+    assert_eq!(frames, 200);
+    assert_eq!(d.count(|m| &m.rx_frames), 200);
+    assert!(
+        torn.is_empty(),
+        "the guest saw part of a frame {} times, at {:?}…",
+        torn.len(),
+        &torn[..torn.len().min(10)]
+    );
+    assert!(distinct > 1, "the watcher saw the index move");
+}
+
+#[test]
+fn a_used_ring_outside_memory_publishes_nothing() {
+    // The frame's third used element would lie outside guest memory: none of its chains is
+    // published, rather than the first two.
+    let mem = crate::testutil::guest_memory(crate::testutil::MEM_SIZE);
+    let vring = VringRwLock::new(mem.clone(), 16).unwrap();
+    vring.set_queue_size(16);
+    let used = crate::testutil::MEM_SIZE as u64 - 4 - 2 * 8;
+    vring.set_queue_info(0, 0x1000, used).unwrap();
+    vring.set_queue_ready(true);
+    let metrics = Metrics::default();
+    let m = mem.memory();
+    let ctx = Ctx {
+        mem: &m,
+        tap: &(),
+        metrics: &metrics,
+        acked: V1 | MRG,
+        event_idx: false,
+    };
+    ring::complete_all(&ctx, &vring, &[(0, 256), (1, 256), (2, 200)]);
+    let idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(idx, 0);
+    assert_eq!(vring.get_ref().get_queue().next_used(), 0);
+    assert_eq!(Metrics::get(&metrics.ring_errors), 1);
+    // Two fit: both published at once.
+    ring::complete_all(&ctx, &vring, &[(0, 256), (1, 100)]);
+    let idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(idx, 2);
+    let elem: u64 = m.read_obj(GuestAddress(used + 4 + 8)).unwrap();
+    assert_eq!(elem, 1 | (100 << 32));
+}
+
+#[test]
+fn event_idx_counts_every_chain_of_a_frame() {
+    // A frame over three chains moves the used index from 0 to 3: a driver asking to hear of
+    // index 2 (used_event = 1) is signalled, although the frame's first chain is at 0.
+    let mut d = Device::new(V1 | MRG | EVENT_IDX, 16);
+    d.rx.set_used_event(1);
+    for i in 0..6 {
+        d.rx.chain(&[(buf(i), 256, W)]);
+    }
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(700, 51)));
+    d.kick_rx();
+    assert_eq!(d.rx.used().len(), 3);
+    assert_eq!(d.rx.signals(), 1);
+    assert_eq!(d.count(|m| &m.rx_signals), 1);
+    // The next frame (index 3 to 6) passes no used_event the driver set: no signal.
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(700, 52)));
+    d.tap_event();
+    assert_eq!(d.rx.used().len(), 3);
+    assert_eq!(d.rx.signals(), 0);
+    // Once the driver asks for index 7 (used_event = 6)... the index is 6, so the next frame
+    // is signalled.
+    d.rx.set_used_event(6);
+    for i in 0..3 {
+        d.rx.chain(&[(buf(i), 256, W)]);
+    }
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(700, 53)));
+    // The device ran out of buffers and asked for a kick when there are more.
+    d.kick_rx();
+    assert_eq!(d.rx.used().len(), 3);
+    assert_eq!(d.rx.signals(), 1);
+    assert_eq!(d.count(|m| &m.rx_signals), 2);
+}
+
+#[test]
+fn without_event_idx_a_driver_can_turn_interrupts_off() {
+    // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags: no signal.
+    let mut d = Device::new(V1, 16);
+    d.write(crate::testutil::RX_BASE + 0x1000, &1u16.to_le_bytes());
+    d.rx.chain(&[(buf(0), 2048, W)]);
+    d.rx.chain(&[(buf(1), 2048, W)]);
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(60, 54)));
+    d.kick_rx();
+    assert_eq!(d.rx.used().len(), 1);
+    assert!(!d.rx.signalled());
+    d.write(crate::testutil::RX_BASE + 0x1000, &0u16.to_le_bytes());
+    inject(&d.net, &with_hdr(tap_hdr(), &payload(60, 55)));
+    d.tap_event();
+    assert_eq!(d.rx.used().len(), 1);
+    assert!(d.rx.signalled());
 }

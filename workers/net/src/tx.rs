@@ -212,7 +212,7 @@ pub fn process<T: TapIo>(ctx: &Ctx<'_, T>, vring: &VringRwLock, st: &mut TxState
     loop {
         let (completed, outcome) = round(ctx, vring, st, &mut work);
         if completed {
-            ring::notify(ctx.metrics, vring);
+            ring::notify(ctx.metrics, vring, &ctx.metrics.tx_signals);
         }
         if outcome != Outcome::Drained || !ctx.event_idx {
             return outcome;

@@ -19,6 +19,7 @@ pub mod vm;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, Mutex};
 
 use tracing::{info, info_span};
@@ -29,7 +30,9 @@ use ward_policy::seccomp::{self, Profile};
 use crate::devices::{legacy, serial, Bus};
 use crate::exit::ExitSignal;
 use crate::virtio::mmio::VirtioMmio;
+use crate::virtio::regpage::RegisterPage;
 use crate::virtio::vhost_user::VhostUserDevice;
+use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +50,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error("Device {0}")]
     Device(String, #[source] virtio::vhost_user::Error),
+    #[error("Cannot map a register page: {0}")]
+    Page(String),
     #[error("Cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
     #[error("Seccomp")]
@@ -101,7 +106,7 @@ pub fn run(
     }
 
     let ram = Arc::new(memory::GuestRam::new(cfg.memory_mib)?);
-    let vm = vm::Vm::new(&ram, fds.kvm.take())?;
+    let mut vm = vm::Vm::new(&ram, fds.kvm.take())?;
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
 
     // Every exchange with a worker runs against a deadline (see virtio::watchdog).
@@ -119,6 +124,8 @@ pub fn run(
     // Devices: connect to each worker, then wire its queues and interrupt into KVM.
     let mut virtio = Vec::new();
     let mut watch = Vec::new();
+    // InterruptACK's ioeventfds: written by KVM, read by nobody.
+    let mut acks = Vec::new();
     for (i, (dev, sock)) in cfg.devices.iter().zip(fds.devices.drain(..)).enumerate() {
         let (base, irq) = layout::virtio_slot(i)
             .ok_or_else(|| Error::Config(format!("too many devices ({})", cfg.devices.len())))?;
@@ -133,13 +140,28 @@ pub fn run(
             vm.ioeventfd(kick, base + virtio::mmio::QUEUE_NOTIFY_OFFSET, q as u32)?;
         }
         vm.irqfd(&backend.call, irq)?;
-        info!(device = %dev.name, base = format_args!("{base:#x}"), irq, queues = backend.queue_num, "device connected");
-        virtio.push(Arc::new(Mutex::new(VirtioMmio::new(
-            dev.name.clone(),
-            dev.kind.virtio_id(),
-            backend,
-            ram.clone(),
-        ))));
+        let queues = backend.queue_num;
+        let mut mmio =
+            VirtioMmio::new(dev.name.clone(), dev.kind.virtio_id(), backend, ram.clone());
+        // The registers as a read-only page, and InterruptACK ending in the kernel (see
+        // virtio::regpage); where KVM cannot map the page, every access exits instead.
+        let page = RegisterPage::new().map_err(|e| Error::Page(e.to_string()))?;
+        let mapped = vm.map_readonly(base, &page)?;
+        let registers = if mapped {
+            "read-only page"
+        } else {
+            "exit on every access"
+        };
+        info!(device = %dev.name, base = format_args!("{base:#x}"), irq, queues, registers, "device connected");
+        if mapped {
+            // The device keeps the page too: vCPU threads, which hold the devices, may outlive
+            // the Vm for the moment the process takes to exit.
+            mmio.attach_page(page);
+            let ack = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+            vm.ioeventfd_any(&ack, base + virtio::mmio::INTERRUPT_ACK_OFFSET)?;
+            acks.push(ack);
+        }
+        virtio.push(Arc::new(Mutex::new(mmio)));
         watch.push((dev.name.clone(), hup));
     }
 
@@ -188,6 +210,7 @@ pub fn run(
         sleep: legacy::SleepControl(exit.clone()),
         virtio,
         exit: exit.clone(),
+        virtio_exits: Default::default(),
     });
 
     // Each vCPU thread confines itself, then waits until all are confined and the main
@@ -227,6 +250,11 @@ pub fn run(
         control,
     })
     .map_err(Error::EventLoop)?;
+    info!(
+        reads = bus.virtio_exits.reads.load(Ordering::Relaxed),
+        writes = bus.virtio_exits.writes.load(Ordering::Relaxed),
+        "virtio register accesses that exited to the core"
+    );
     // vCPU threads are not joined: the process exits next, which stops them wherever they are.
     drop(threads);
     Ok(reason)

@@ -1,12 +1,15 @@
 //! The KVM VM: in-kernel irqchip and PIT, guest RAM slots, and the eventfds that connect
 //! devices to KVM (ioeventfds for queue notifications, irqfds for interrupts).
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestRam;
+use crate::virtio::regpage::RegisterPage;
 
 /// Three pages below the LAPIC for KVM's real-mode TSS and identity map (Intel VMX needs them).
 const TSS_ADDR: usize = 0xfffb_d000;
@@ -33,6 +36,13 @@ pub enum Error {
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
+    /// The next free memory slot (guest RAM takes the first ones).
+    next_slot: u32,
+    /// Whether KVM maps memory read-only for the guest (`KVM_CAP_READONLY_MEM`).
+    readonly_mem: bool,
+    /// Host memory mapped into the guest besides its RAM; declared after `fd`, so it outlives
+    /// the VM's slots.
+    pages: Vec<RegisterPage>,
 }
 
 impl Vm {
@@ -89,7 +99,38 @@ impl Vm {
             // kept alive by the core until the process exits) and the slots do not overlap.
             unsafe { fd.set_user_memory_region(region) }.map_err(Error::Memory)?;
         }
-        Ok(Vm { kvm, fd })
+        let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
+        Ok(Vm {
+            next_slot: ram.mem.num_regions() as u32,
+            readonly_mem,
+            kvm,
+            fd,
+            pages: Vec::new(),
+        })
+    }
+
+    /// Maps `page` at guest address `gpa`, read-only for the guest: reads are served from it
+    /// without an exit, writes exit as MMIO. Returns false, mapping nothing, where KVM cannot
+    /// map read-only memory.
+    pub fn map_readonly(&mut self, gpa: u64, page: &RegisterPage) -> Result<bool, Error> {
+        if !self.readonly_mem {
+            return Ok(false);
+        }
+        let map = page.region();
+        let region = kvm_userspace_memory_region {
+            slot: self.next_slot,
+            guest_phys_addr: gpa,
+            memory_size: map.size() as u64,
+            userspace_addr: map.as_ptr() as u64,
+            flags: KVM_MEM_READONLY,
+        };
+        // SAFETY: the mapping is kept alive in `self.pages`, which is dropped after the VM's
+        // descriptor; the slot is new and the caller places it in the MMIO hole, where no RAM
+        // slot lies.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(Error::Memory)?;
+        self.next_slot += 1;
+        self.pages.push(page.clone());
+        Ok(true)
     }
 
     /// Raises IOAPIC pin `gsi` whenever `evt` is written.
@@ -97,6 +138,13 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|e| Error::Eventfd("irqfd", e))
+    }
+
+    /// Signals `evt` when the guest writes anything at MMIO address `addr`, in the kernel.
+    pub fn ioeventfd_any(&self, evt: &EventFd, addr: u64) -> Result<(), Error> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| Error::Eventfd("ioeventfd", e))
     }
 
     /// Signals `evt` when the guest writes `value` (32 bits) at MMIO address `addr`.

@@ -4,6 +4,7 @@
 pub mod legacy;
 pub mod serial;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::warn;
@@ -19,6 +20,16 @@ pub struct Bus {
     pub sleep: legacy::SleepControl,
     pub virtio: Vec<Arc<Mutex<VirtioMmio>>>,
     pub exit: Arc<ExitSignal>,
+    /// Guest reads and writes of virtio registers that exited to the core (where the registers
+    /// are mapped read-only, only writes do: see `virtio::regpage`).
+    pub virtio_exits: Exits,
+}
+
+/// Counts of register accesses that exited, by direction.
+#[derive(Debug, Default)]
+pub struct Exits {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
 }
 
 /// Guest accesses to MMIO nothing is mapped at, logged within a rate limit.
@@ -69,7 +80,10 @@ impl Bus {
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         match self.virtio_at(addr) {
-            Some((dev, off)) => lock(dev).read(off, data),
+            Some((dev, off)) => {
+                self.virtio_exits.reads.fetch_add(1, Ordering::Relaxed);
+                lock(dev).read(off, data)
+            }
             None => {
                 if let Some(count) = UNMAPPED.hit() {
                     warn!(
@@ -84,7 +98,10 @@ impl Bus {
 
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
         match self.virtio_at(addr) {
-            Some((dev, off)) => lock(dev).write(off, data),
+            Some((dev, off)) => {
+                self.virtio_exits.writes.fetch_add(1, Ordering::Relaxed);
+                lock(dev).write(off, data)
+            }
             None => {
                 if let Some(count) = UNMAPPED.hit() {
                     warn!(

@@ -4,11 +4,15 @@
 //! and the worker's used-buffer notifications go to an irqfd. Because the core never sees those
 //! interrupts, InterruptStatus reports "used buffer" whenever the device is live; drivers then
 //! look at their used rings, which is what they would do anyway.
+//!
+//! Where KVM can map memory read-only, reads do not come here either: the guest reads a copy
+//! of the registers that every write brings up to date ([`super::regpage`]).
 
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use super::regpage::RegisterPage;
 use super::status;
 use super::vhost_user::{QueueSetup, VhostUserDevice};
 use crate::memory::GuestRam;
@@ -96,6 +100,8 @@ mod reg {
 
 /// Offset of the QueueNotify register, where the ioeventfds are registered.
 pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
+/// Offset of the InterruptACK register, which needs nothing from the core.
+pub const INTERRUPT_ACK_OFFSET: u64 = reg::INTERRUPT_ACK;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Queue {
@@ -119,6 +125,8 @@ pub struct VirtioMmio<B: Backend = VhostUserDevice> {
     queues: Vec<Queue>,
     status: u32,
     live: bool,
+    /// The copy of the registers the guest reads, when KVM maps one.
+    page: Option<RegisterPage>,
     /// Limits the warnings a guest can cause by misusing the registers.
     odd_access: crate::ratelimit::Limiter,
 }
@@ -146,6 +154,7 @@ impl<B: Backend> VirtioMmio<B> {
             queues,
             status: 0,
             live: false,
+            page: None,
             odd_access: crate::ratelimit::Limiter::new(),
         }
     }
@@ -156,6 +165,27 @@ impl<B: Backend> VirtioMmio<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Serves the guest's reads from `page` from now on (KVM maps it over the window): it gets
+    /// the configuration space and every register's value now, and every write keeps it up to
+    /// date.
+    pub fn attach_page(&mut self, page: RegisterPage) {
+        page.fill(reg::CONFIG as usize, self.backend.config());
+        self.page = Some(page);
+        self.render();
+    }
+
+    /// Writes every register's value, as [`VirtioMmio::read`] gives it, into the page.
+    fn render(&self) {
+        let Some(page) = &self.page else {
+            return;
+        };
+        let mut v = [0u8; 4];
+        for off in (0..reg::CONFIG).step_by(4) {
+            self.read(off, &mut v);
+            page.store(off as usize, u32::from_le_bytes(v));
+        }
     }
 
     fn queue(&self) -> Option<&Queue> {
@@ -211,7 +241,13 @@ impl<B: Backend> VirtioMmio<B> {
         data.copy_from_slice(&v.to_le_bytes());
     }
 
+    /// A write the guest made (the only accesses that exit where the registers are mapped).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
+        self.write_register(offset, data);
+        self.render();
+    }
+
+    fn write_register(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
             // Block devices have nothing writable the core must honour (writeback toggling is
             // not offered); ignore, like a read-only register.

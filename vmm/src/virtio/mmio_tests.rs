@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::virtio::regpage::RegisterPage;
 use crate::virtio::VIRTIO_F_VERSION_1;
 
 #[derive(Default)]
@@ -234,4 +235,76 @@ fn hostile_accesses_are_harmless() {
     // DRIVER_OK without FEATURES_OK does nothing.
     w(&mut d, reg::STATUS, status::DRIVER_OK);
     assert!(calls.lock().unwrap().activated.is_empty());
+}
+
+/// Every register as the page has it equals what a read that exited would return.
+fn assert_page_mirrors(d: &VirtioMmio<Fake>, page: &RegisterPage, when: &str) {
+    for off in (0..reg::CONFIG).step_by(4) {
+        assert_eq!(
+            page.load(off as usize),
+            r(d, off),
+            "register {off:#x} {when}"
+        );
+    }
+    for i in 0..16u64 {
+        let mut b = [0u8];
+        d.read(reg::CONFIG + i, &mut b);
+        assert_eq!(
+            page.byte((reg::CONFIG + i) as usize),
+            b[0],
+            "config byte {i} {when}"
+        );
+    }
+}
+
+#[test]
+fn the_register_page_follows_every_write() {
+    let (mut d, calls) = device(false);
+    let page = RegisterPage::new().unwrap();
+    d.attach_page(page.clone());
+    assert_page_mirrors(&d, &page, "when attached");
+    assert_eq!(page.load(reg::MAGIC as usize), MAGIC);
+    assert_eq!(
+        page.byte(reg::CONFIG as usize + 7),
+        8,
+        "the configuration space"
+    );
+
+    // Selectors change what other registers say: the page follows each.
+    w(&mut d, reg::DEVICE_FEATURES_SEL, 1);
+    assert_eq!(
+        page.load(reg::DEVICE_FEATURES as usize),
+        (FEATURES >> 32) as u32
+    );
+    w(&mut d, reg::DEVICE_FEATURES_SEL, 0);
+    assert_eq!(page.load(reg::DEVICE_FEATURES as usize), FEATURES as u32);
+    w(&mut d, reg::QUEUE_SEL, 7);
+    assert_eq!(page.load(reg::QUEUE_NUM_MAX as usize), 0, "no queue 7");
+    assert_page_mirrors(&d, &page, "with queue 7 selected");
+
+    negotiate(&mut d, FEATURES);
+    assert_page_mirrors(&d, &page, "after negotiation");
+    setup_queue(&mut d, 0, 64);
+    assert_eq!(page.load(reg::QUEUE_READY as usize), 1);
+    setup_queue(&mut d, 1, 64);
+    assert_eq!(page.load(reg::INTERRUPT_STATUS as usize), 0, "not live yet");
+    w(&mut d, reg::STATUS, ALL_OK);
+    assert_eq!(calls.lock().unwrap().activated.len(), 1);
+    assert_eq!(page.load(reg::STATUS as usize), ALL_OK);
+    assert_eq!(page.load(reg::INTERRUPT_STATUS as usize), INT_VRING);
+    assert_page_mirrors(&d, &page, "once live");
+
+    // A reset clears what the driver set, in the page too.
+    w(&mut d, reg::STATUS, 0);
+    assert_eq!(page.load(reg::STATUS as usize), 0);
+    assert_eq!(page.load(reg::INTERRUPT_STATUS as usize), 0);
+    assert_eq!(page.load(reg::QUEUE_READY as usize), 0);
+    assert_page_mirrors(&d, &page, "after a reset");
+
+    // Writes a hostile guest may make (odd sizes, unknown registers, the configuration
+    // space) leave the page as a read would see the registers.
+    d.write(reg::STATUS, &[0xff]);
+    w(&mut d, 0x0f8, 0xdead_beef);
+    w(&mut d, reg::CONFIG, 0xdead_beef);
+    assert_page_mirrors(&d, &page, "after odd writes");
 }

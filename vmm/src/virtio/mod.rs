@@ -2,6 +2,7 @@
 //! backend that lives in a worker process.
 
 pub mod mmio;
+pub mod regpage;
 pub mod vhost_user;
 pub mod watchdog;
 

@@ -139,3 +139,40 @@ pub fn run(ctx: &Ctx, sc: &Scen) {
         .d(u64::from(ticks))
         .end();
 }
+
+/// `mmio-isr:DEV:N`: what the two register accesses of every virtio-mmio interrupt cost:
+/// N reads of InterruptStatus, then N writes of 0 to InterruptACK (which acknowledges
+/// nothing), timed with the TSC. Reports `OK n=N read_cycles=R ack_cycles=W isr=V`, cycles
+/// per access, and the last InterruptStatus read.
+pub fn isr_cost(ctx: &Ctx, sc: &Scen) {
+    if sc.nargs() != 2 {
+        return sc.fail("usage mmio-isr:DEV:N");
+    }
+    let Some((_, base)) = crate::scenarios::device_addr(ctx, sc, 1) else {
+        return;
+    };
+    let n = match sc.num(2) {
+        Some(n) if n > 0 => n,
+        _ => return sc.fail("bad-count"),
+    };
+    let mut isr = 0;
+    let t0 = crate::cpu::rdtsc();
+    for _ in 0..n {
+        isr = mmio_read32(base + INTERRUPT_STATUS);
+    }
+    let t1 = crate::cpu::rdtsc();
+    for _ in 0..n {
+        mmio_write32(base + INTERRUPT_ACK, 0);
+    }
+    let t2 = crate::cpu::rdtsc();
+    sc.out()
+        .s("OK n=")
+        .d(n)
+        .s(" read_cycles=")
+        .d((t1 - t0) / n)
+        .s(" ack_cycles=")
+        .d((t2 - t1) / n)
+        .s(" isr=")
+        .hx(u64::from(isr))
+        .end();
+}

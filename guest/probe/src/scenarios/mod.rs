@@ -179,6 +179,7 @@ pub fn run_all(ctx: &Ctx) {
             b"blk-burst" => blk::burst(ctx, &sc),
             b"blk-bad" => bad::run(ctx, &sc),
             b"blk-irq" => irq::run(ctx, &sc),
+            b"mmio-isr" => irq::isr_cost(ctx, &sc),
             b"smp" => smp::run(ctx, &sc),
             b"crash" => crash::run(&sc),
             b"idle" => idle::run(&sc),

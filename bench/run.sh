@@ -2,7 +2,7 @@
 # Builds release binaries and runs ward against QEMU side by side; prints a Markdown report.
 #   bench/run.sh [--runs N] [--burst N] [--linux-runs N] [--no-linux] [--no-probe] [--no-net]
 #                [--no-probe-net] [--no-linux-boot] [--no-confine] [--net-frames N] [--net-mib N]
-#                [--convert-mib N]
+#                [--convert-mib N] [--net-tool iperf3|nc] [--no-regs]
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"

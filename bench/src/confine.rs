@@ -3,7 +3,7 @@
 //! `--unconfined` (seccomp filters only), interleaved, on the probe guest: start-up and exit,
 //! and the block bursts on the raw image. Target: under 5 % difference.
 
-use crate::measure::median;
+use crate::measure::{self, median};
 use crate::probe::{cell, footer, one, rate, Config, Format, Images, Setup, Vmm, Workload};
 
 const CONFINED: Config = Config {
@@ -31,11 +31,7 @@ pub fn run(s: &Setup) -> anyhow::Result<String> {
     let mut n = 10_000;
     for i in 0..s.runs {
         // Alternate which goes first.
-        let order = if i % 2 == 0 {
-            [(CONFINED, true), (UNCONFINED, false)]
-        } else {
-            [(UNCONFINED, false), (CONFINED, true)]
-        };
+        let order = measure::alternating(i, (CONFINED, true), (UNCONFINED, false));
         for (c, confined) in order {
             let out = if confined { &mut on } else { &mut off };
             n += 1;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::measure::median;
+use crate::measure::{self, median};
 
 /// Builds the source: `size` bytes, in 4 MiB stripes of data, written zeros, and holes.
 pub fn make_source(path: &Path, size: u64) -> anyhow::Result<()> {
@@ -73,11 +73,7 @@ pub fn run(ward_img: &Path, dir: &Path, size: u64, runs: usize) -> anyhow::Resul
     ] {
         let (mut w, mut q) = (Vec::new(), Vec::new());
         for i in 0..runs {
-            let order = if i % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
+            let order = measure::alternating(i, true, false);
             for ward in order {
                 let _ = std::fs::remove_file(&out);
                 // Start each run with no dirty pages from the last one being written back.

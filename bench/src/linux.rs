@@ -238,8 +238,44 @@ pub const CONFINEMENT: Pair = Pair {
     verdict: crate::confine::verdict,
 };
 
+/// What moves the Linux guest's TCP data (`TOOL` of `bench/linux-net.sh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tool {
+    /// Debian's iperf3 at both ends (`bench/iperf3.sh` bundles it with its libraries).
+    Iperf3,
+    /// busybox nc at both ends (the guest's initramfs has it already).
+    Nc,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Iperf3 => "iperf3",
+            Tool::Nc => "nc",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Tool::Iperf3 => "TCP with iperf3 (one stream)",
+            Tool::Nc => "TCP with busybox nc",
+        }
+    }
+}
+
+/// The iperf3 bundle (`bench/iperf3.sh`): built on first use, its directory.
+fn iperf3_bundle() -> anyhow::Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg(ward_tests::repo().join("bench/iperf3.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "bench/iperf3.sh failed");
+    let dir = String::from_utf8(out.stdout)?;
+    Ok(PathBuf::from(dir.trim()))
+}
+
 /// TCP throughput of the Linux guest under the two VMMs of `pair` (ward against QEMU
-/// virtio-net vhost=off, or ward confined against ward --unconfined), with busybox nc at both
+/// virtio-net vhost=off, or ward confined against ward --unconfined), with `tool` at both
 /// ends (`bench/linux-net.sh`): inside the nested machine on a PVM host, directly otherwise.
 /// `mib` MiB per transfer, each way.
 ///
@@ -252,6 +288,7 @@ pub fn net(
     mib: u64,
     tmp: &Path,
     pair: Pair,
+    tool: Tool,
 ) -> anyhow::Result<String> {
     let mut text = String::new();
     let mut crashed = 0;
@@ -265,7 +302,7 @@ pub fn net(
         if done >= runs {
             break;
         }
-        let out = net_once(bin_dir, runs - done, mib, tmp, pair)?;
+        let out = net_once(bin_dir, runs - done, mib, tmp, pair, tool)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         text += &stdout;
         if !out.status.success() {
@@ -289,7 +326,7 @@ pub fn net(
     // Everything the script printed, for a run that did not complete (its guest's log tail is
     // in it) and for the profile's raw numbers.
     eprintln!("bench/linux-net.sh printed:\n{text}");
-    let mut report = net_report(&text, runs, mib, pair)?;
+    let mut report = net_report(&text, runs, mib, pair, tool)?;
     if let Some(prof) = crate::netprof::report(&text, mib, pair.vmms, pair.columns) {
         report += "\nWhere the time goes, host → guest (what grew during each transfer):\n\n";
         report += &prof;
@@ -318,8 +355,13 @@ fn net_once(
     mib: u64,
     tmp: &Path,
     pair: Pair,
+    tool: Tool,
 ) -> anyhow::Result<std::process::Output> {
     let vmms = pair.vmms.join(" ");
+    let bundle = match tool {
+        Tool::Iperf3 => Some(iperf3_bundle()?),
+        Tool::Nc => None,
+    };
     let (kernel, initrd) = ward_tests::linux_guest();
     let script = ward_tests::repo().join("bench/linux-net.sh");
     let qemu = which("qemu-system-x86_64")?;
@@ -337,7 +379,17 @@ fn net_once(
         for f in [&kernel, &initrd] {
             c.arg("--file").arg(format!("{}:/ward/guest/", f.display()));
         }
+        if let Some(b) = &bundle {
+            c.arg("--file")
+                .arg(format!("{}:/opt/iperf3", b.join("opt/iperf3").display()));
+            c.arg("--file").arg(format!(
+                "{}:/ward/guest/",
+                b.join("iperf3.cpio.gz").display()
+            ));
+            c.arg("--env").arg("IPERF3_CPIO=/ward/guest/iperf3.cpio.gz");
+        }
         for e in [
+            format!("TOOL={}", tool.name()),
             "GUEST_DIR=/ward/guest".to_string(),
             "SCRATCH=/tmp".to_string(),
             format!("RUNS={runs}"),
@@ -356,8 +408,14 @@ fn net_once(
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        Command::new("sh")
-            .arg(&script)
+        let mut c = Command::new("sh");
+        if let Some(b) = &bundle {
+            c.env("IPERF3_CPIO", b.join("iperf3.cpio.gz"))
+                .env("IPERF3", b.join("opt/iperf3/bin/iperf3"))
+                .env("IPERF3_ROOT", b);
+        }
+        c.arg(&script)
+            .env("TOOL", tool.name())
             .env("PATH", path)
             .env("GUEST_DIR", kernel.parent().expect("guest dir"))
             .env("SCRATCH", tmp)
@@ -389,13 +447,15 @@ fn net_rates(out: &str, vmm: &str, dir: &str) -> Vec<f64> {
         .collect()
 }
 
-fn net_report(out: &str, runs: usize, mib: u64, pair: Pair) -> anyhow::Result<String> {
+fn net_report(out: &str, runs: usize, mib: u64, pair: Pair, tool: Tool) -> anyhow::Result<String> {
     let [a, b] = pair.columns;
     let mut t = format!(
-        "| Linux guest, 1 vCPU, 256 MiB, virtio-net on a TAP, TCP with busybox nc | {a}: median \
-         (min–max) | {b}: median (min–max) | {} | {} |\n\
+        "| Linux guest, 1 vCPU, 256 MiB, virtio-net on a TAP, {} | {a}: median (min–max) | {b}: \
+         median (min–max) | {} | {} |\n\
          |---|---|---|---|---|\n",
-        pair.what, pair.target
+        tool.label(),
+        pair.what,
+        pair.target
     );
     for (what, dir) in [("guest → host", "g2h"), ("host → guest", "h2g")] {
         let (w, q) = (

@@ -9,6 +9,7 @@ mod measure;
 mod net;
 mod netprof;
 mod probe;
+mod regs;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,9 @@ struct Args {
     /// Skip the probe guest's start-up and block benchmarks.
     #[arg(long)]
     no_probe: bool,
+    /// Skip the cost of the interrupt registers (InterruptStatus and InterruptACK, probe).
+    #[arg(long)]
+    no_regs: bool,
     /// Skip the cost-of-confinement benchmark (ward confined against ward --unconfined).
     #[arg(long)]
     no_confine: bool,
@@ -49,6 +53,9 @@ struct Args {
     /// --no-net).
     #[arg(long, default_value_t = 32)]
     net_mib: u64,
+    /// What moves the Linux network benchmark's TCP data.
+    #[arg(long, value_enum, default_value_t = linux::Tool::Iperf3)]
+    net_tool: linux::Tool,
     /// Datagrams per network burst, each way.
     #[arg(long, default_value_t = 3000)]
     net_frames: u64,
@@ -116,6 +123,9 @@ fn main() -> anyhow::Result<()> {
         println!("{}", probe::report_raw(&setup, &results));
         println!("{}", probe::report_qcow2(&setup, &results));
     }
+    if !args.no_regs {
+        println!("{}", regs::report(&setup, &regs::run(&setup)?));
+    }
     let probe_net = !args.no_net && !args.no_probe_net;
     let net = net::Setup {
         bin_dir: bin_dir.clone(),
@@ -167,7 +177,14 @@ fn main() -> anyhow::Result<()> {
                 &[linux::VS_QEMU, linux::CONFINEMENT]
             };
             for pair in pairs {
-                let report = linux::net(&bin_dir, args.linux_runs, args.net_mib, &tmp.0, *pair)?;
+                let report = linux::net(
+                    &bin_dir,
+                    args.linux_runs,
+                    args.net_mib,
+                    &tmp.0,
+                    *pair,
+                    args.net_tool,
+                )?;
                 println!("{report}");
             }
         }

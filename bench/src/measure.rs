@@ -146,6 +146,16 @@ pub fn run_notify(
     })
 }
 
+/// `first` then `second` in even runs, the other way round in odd ones: which goes first
+/// alternates, so drift on a noisy machine hits both alike.
+pub fn alternating<T>(run: usize, first: T, second: T) -> [T; 2] {
+    if run.is_multiple_of(2) {
+        [first, second]
+    } else {
+        [second, first]
+    }
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;

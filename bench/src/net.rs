@@ -280,11 +280,7 @@ pub fn run(s: &Setup) -> anyhow::Result<Results> {
     };
     let mut n = 0;
     for i in 0..s.runs {
-        let order = if i % 2 == 0 {
-            [Vmm::Ward, Vmm::Qemu]
-        } else {
-            [Vmm::Qemu, Vmm::Ward]
-        };
+        let order = measure::alternating(i, Vmm::Ward, Vmm::Qemu);
         for vmm in order {
             let res = match vmm {
                 Vmm::Ward => &mut out.ward,
@@ -314,11 +310,7 @@ pub fn run_confinement(s: &Setup) -> anyhow::Result<(Samples, Samples)> {
     let (mut on, mut off) = (Samples::default(), Samples::default());
     let mut n = 1000;
     for i in 0..s.runs {
-        let order = if i % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
+        let order = measure::alternating(i, false, true);
         for unconfined in order {
             let setup = Setup {
                 unconfined,

@@ -58,6 +58,11 @@ fn describe(key: &str) -> (String, f64) {
         return (format!("work items `{f}` per MiB"), 1.0);
     }
     match key {
+        "tap_tx_packets" => ("frames the tap sent to the guest, per MiB".into(), 1.0),
+        "tap_rx_packets" => (
+            "frames the tap got from the guest (its ACKs), per MiB".into(),
+            1.0,
+        ),
         "cpu_busy" => ("machine CPU busy, ms per MiB".into(), MS_PER_TICK),
         "cpu_guest" => (
             "machine CPU running the guest, ms per MiB".into(),
@@ -115,6 +120,10 @@ pub fn report(out: &str, mib: u64, vmms: [&str; 2], columns: [&str; 2]) -> Optio
         columns[0], columns[1], columns[0], columns[1]
     );
     for key in keys {
+        // Bytes per MiB would say nothing new: the average frame (below) says more.
+        if key.starts_with("tap_") && key.ends_with("_bytes") {
+            continue;
+        }
         let (what, factor) = describe(&key);
         let (a, b) = (med(&runs[0], &key, factor), med(&runs[1], &key, factor));
         if (key.starts_with("thr_") || key.starts_with("wq_")) && a < 0.5 && b < 0.5 {
@@ -126,6 +135,29 @@ pub fn report(out: &str, mib: u64, vmms: [&str; 2], columns: [&str; 2]) -> Optio
             "–".into()
         };
         t += &format!("| {what} | {a:.1} | {b:.1} | {ratio} |\n");
+    }
+    for (dir, what) in [("tx", "to the guest"), ("rx", "from the guest")] {
+        let avg = |r: &[Vec<(String, f64)>]| {
+            let get = |kv: &[(String, f64)], k: &str| {
+                kv.iter().find(|(have, _)| have == k).map(|(_, v)| *v)
+            };
+            median(
+                r.iter()
+                    .filter_map(|kv| {
+                        let bytes = get(kv, &format!("tap_{dir}_bytes"))?;
+                        let frames = get(kv, &format!("tap_{dir}_packets"))?;
+                        (frames > 0.0).then(|| bytes / frames)
+                    })
+                    .collect(),
+            )
+        };
+        let (a, b) = (avg(&runs[0]), avg(&runs[1]));
+        if a > 0.0 && b > 0.0 {
+            t += &format!(
+                "| average frame {what}, bytes | {a:.0} | {b:.0} | {:.2} |\n",
+                a / b
+            );
+        }
     }
     t += &format!(
         "\nProfiled transfers: {} and {}.\n",
@@ -174,6 +206,31 @@ NETPROF vmm=qemu dir=h2g kvm_exits=12800 cpu_busy=300 thr_CPU_0/KVM=170
         assert!(t.find("KVM `exits`") < t.find("work items"), "{t}");
         assert!(t.find("work items") < t.find("machine CPU busy"), "{t}");
         assert!(t.contains("Profiled transfers: 2 and 2."));
+    }
+
+    #[test]
+    fn tap_frames_per_mib_and_their_average_size() {
+        let out = "\
+NETPROF vmm=ward dir=h2g tap_tx_packets=6400 tap_tx_bytes=64000000 tap_rx_packets=3200 tap_rx_bytes=211200
+NETPROF vmm=ward dir=h2g tap_tx_packets=3200 tap_tx_bytes=64000000 tap_rx_packets=1600 tap_rx_bytes=105600
+NETPROF vmm=qemu dir=h2g tap_tx_packets=1600 tap_tx_bytes=64000000 tap_rx_packets=800 tap_rx_bytes=52800
+";
+        let t = report(out, 64, ["ward", "qemu"], ["ward", "QEMU"]).expect("profiled");
+        // 100 and 50 frames per MiB: median 75; QEMU 25.
+        assert!(
+            t.contains("| frames the tap sent to the guest, per MiB | 75.0 | 25.0 | 3.00 |"),
+            "{t}"
+        );
+        // 10000 and 20000 bytes a frame: median 15000; QEMU 40000.
+        assert!(
+            t.contains("| average frame to the guest, bytes | 15000 | 40000 | 0.38 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| average frame from the guest, bytes | 66 | 66 | 1.00 |"),
+            "{t}"
+        );
+        assert!(!t.contains("tap_tx_bytes"), "{t}");
     }
 
     #[test]

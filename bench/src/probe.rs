@@ -123,7 +123,7 @@ pub struct Config {
 }
 
 /// The four configurations, in the order of the first round.
-const CONFIGS: [Config; 4] = [
+pub const CONFIGS: [Config; 4] = [
     Config {
         vmm: Vmm::Ward,
         format: Format::Raw,
@@ -348,11 +348,7 @@ pub fn run(s: &Setup) -> anyhow::Result<Results> {
     for i in 0..s.runs {
         // Start-up and exit, without scenarios, on the raw image (the format does not enter
         // into it); ward and QEMU alternate going first.
-        let boots = if i % 2 == 0 {
-            [CONFIGS[0], CONFIGS[3]]
-        } else {
-            [CONFIGS[3], CONFIGS[0]]
-        };
+        let boots = measure::alternating(i, CONFIGS[0], CONFIGS[3]);
         for c in boots {
             n += 1;
             let boot = one(s, c, &images.raw, "", n)?;

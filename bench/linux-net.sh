@@ -159,9 +159,13 @@ wait_exit() { # pid seconds
 }
 
 # The guest's part: eth0 up, the host reachable, then (nc) the two transfers itself, or
-# (iperf3) a server that the host's client drives both ways, until the host says done.
+# (iperf3) a server that the host's client drives both ways, until the host says done. At the
+# end it prints its interrupts by source and eth0's counters (frame errors among them).
 UP='ip link set eth0 up;ip addr add 10.78.0.2/24 dev eth0
 n=0;until ping -c1 -W2 10.78.0.1 >/dev/null;do n=$((n+1));[ $n -lt 90 ]||break;done
+'
+IRQ='grep -E "virtio|LOC|RES|CAL" /proc/interrupts|tr -s " "|sed "s/^/NET G-IRQ/"
+grep eth0: /proc/net/dev|tr -s " "|sed "s/^/NET G-IRQ/"
 '
 if [ "$TOOL" = iperf3 ]; then
     G=$UP'/opt/iperf3/bin/iperf3 -s >/dev/null 2>&1 & s=$!
@@ -169,9 +173,7 @@ n=0;until netstat -ltn|grep -q ":5201 ";do sleep 1;n=$((n+1));[ $n -lt 60 ]||bre
 echo NET G-IPERF
 timeout 900 nc -l -p 5009 >/dev/null
 kill $s
-grep -E "virtio|LOC|RES|CAL" /proc/interrupts|tr -s " "|sed "s/^/NET G-IRQ/"
-grep eth0: /proc/net/dev|tr -s " "|sed "s/^/NET G-IRQ/"
-echo NET G-DONE
+'$IRQ'echo NET G-DONE
 sleep 1'
 else
     G=$UP'dd if=/dev/zero of=/tmp/tx bs=1M count=MIB 2>/dev/null
@@ -183,7 +185,7 @@ timeout 300 nc -l -p 5002 -e /tmp/r & l=$!
 n=0;until netstat -ltn|grep -q ":5002 ";do sleep 1;n=$((n+1));[ $n -lt 60 ]||break;done
 echo NET G-LISTEN
 wait $l;echo NET G-RX rc=$?
-sleep 3'
+'$IRQ'sleep 3'
     G=$(printf '%s' "$G" | sed "s/count=MIB/count=$MIB/")
 fi
 CMDLINE="console=ttyS0 quiet panic=-1 ward.run=$(b64 "$G")"
@@ -195,7 +197,8 @@ chmod +x "$SCRATCH/rx.sh"
 bytes=$((MIB * 1048576))
 
 # Host -> guest, profiled: snapshots around `$@`, the sender, whose CPU time time(1) gives
-# (it has exited by the second snapshot). Sets rc to its exit status.
+# (it has exited by the second snapshot). Sets rc to its exit status and leaves the NETPROF line
+# in $SCRATCH/prof-line, for the caller to print once it knows the transfer counts.
 profiled() { # vmm tap command...
     # (snap and the others set v and t of their own: sh has no local variables)
     p_vmm=$1 p_tap=$2
@@ -207,7 +210,7 @@ profiled() { # vmm tap command...
     wq_stop "$SCRATCH/prof-wq"
     "$BB" awk '{ printf "thr_sender %d\n", ($1 + $2) * 100 }' "$SCRATCH/sender-time" >>"$SCRATCH/prof-wq"
     snap "$SCRATCH/prof1" "$p_tap"
-    [ "$rc" = 0 ] && prof "$p_vmm" "$SCRATCH/prof0" "$SCRATCH/prof1" "$SCRATCH/prof-wq"
+    prof "$p_vmm" "$SCRATCH/prof0" "$SCRATCH/prof1" "$SCRATCH/prof-wq" >"$SCRATCH/prof-line"
 }
 
 # busybox nc both ways: the guest sends and times (/proc/uptime), then the host sends and times.
@@ -224,6 +227,7 @@ transfers_nc() { # vmm run tap log
         t0=$(now)
         profiled "$1" "$3" "$BB" timeout 300 "$BB" nc -w 10 10.78.0.2 5002 <"$SCRATCH/h2g.bin"
         t1=$(now)
+        [ "$rc" = 0 ] && cat "$SCRATCH/prof-line"
         awk -v v="$1" -v rc="$rc" -v a="$t0" -v b="$t1" -v n="$bytes" \
             'BEGIN { printf "NETBENCH vmm=%s dir=h2g bytes=%d secs=%.3f rc=%s\n", v, n, b - a, rc }'
     fi
@@ -237,7 +241,8 @@ iperf_result() { # vmm dir rc json
         r && /"bytes"/ { b = $2; gsub(/[^0-9]/, "", b) }
         r && /}/ { r = 0; done = 1 }
         /"retransmits"/ { x = $2; gsub(/[^0-9]/, "", x) }
-        END { if (!done || s <= 0) rc = "no-result:" rc
+        /"error":/ { err = 1 }
+        END { if (!done || s <= 0 || err) rc = "no-result:" rc
               printf "NETBENCH vmm=%s dir=%s bytes=%d secs=%.3f rc=%s retransmits=%s\n", v, d, b, s, rc, x }' "$4"
 }
 
@@ -250,7 +255,9 @@ transfers_iperf3() { # vmm run tap log
     iperf_result "$1" g2h $? "$SCRATCH/g2h.json"
     profiled "$1" "$3" "$BB" timeout 300 "$IPERF3" -c 10.78.0.2 -n "${MIB}M" -J \
         --logfile "$SCRATCH/h2g.json"
-    iperf_result "$1" h2g "$rc" "$SCRATCH/h2g.json"
+    result=$(iperf_result "$1" h2g "$rc" "$SCRATCH/h2g.json")
+    case $result in *" rc=0 "*) cat "$SCRATCH/prof-line" ;; esac
+    echo "$result"
     echo done | "$BB" timeout 30 "$BB" nc -w 5 10.78.0.2 5009
 }
 
@@ -298,7 +305,7 @@ one() { # vmm run
     c=$(grep -o '"[rt]x_\(frames\|signals\|direct\)":[0-9]*' "$SCRATCH/$1-$2.out" 2>/dev/null |
         tr -d '"' | tr ':\n' '= ')
     [ -n "$c" ] && echo "NETWORKER vmm=$1 run=$2 $c"
-    # The guest's interrupts over the whole run, by source (iperf3 only).
+    # The guest's interrupts over the whole run, by source, and eth0's counters.
     tr -d '\r' <"$log" | sed -n "s/^NET G-IRQ/NETIRQ vmm=$1 run=$2/p"
     if ! grep -q "NET G-RX rc=0\|NET G-DONE" "$log"; then
         sed "s/^/[$1-$2] /" "$log" | tail -n 30

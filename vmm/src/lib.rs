@@ -146,7 +146,7 @@ pub fn run(
         // The registers as a read-only page, and InterruptACK ending in the kernel (see
         // virtio::regpage); where KVM cannot map the page, every access exits instead.
         let page = RegisterPage::new().map_err(|e| Error::Page(e.to_string()))?;
-        let mapped = vm.map_readonly(base, &page)?;
+        let mapped = vm.map_readonly(base, &page);
         let registers = if mapped {
             "read-only page"
         } else {
@@ -158,8 +158,9 @@ pub fn run(
             // the Vm for the moment the process takes to exit.
             mmio.attach_page(page);
             let ack = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-            vm.ioeventfd_any(&ack, base + virtio::mmio::INTERRUPT_ACK_OFFSET)?;
-            acks.push(ack);
+            if vm.ioeventfd_any(&ack, base + virtio::mmio::INTERRUPT_ACK_OFFSET)? {
+                acks.push(ack);
+            }
         }
         virtio.push(Arc::new(Mutex::new(mmio)));
         watch.push((dev.name.clone(), hup));

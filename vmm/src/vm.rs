@@ -5,6 +5,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
+use tracing::warn;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -99,7 +100,8 @@ impl Vm {
             // kept alive by the core until the process exits) and the slots do not overlap.
             unsafe { fd.set_user_memory_region(region) }.map_err(Error::Memory)?;
         }
-        let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
+        // Asked of the VM: for some VM types only its answer is accurate.
+        let readonly_mem = fd.check_extension(Cap::ReadonlyMem);
         Ok(Vm {
             next_slot: ram.mem.num_regions() as u32,
             readonly_mem,
@@ -112,9 +114,9 @@ impl Vm {
     /// Maps `page` at guest address `gpa`, read-only for the guest: reads are served from it
     /// without an exit, writes exit as MMIO. Returns false, mapping nothing, where KVM cannot
     /// map read-only memory.
-    pub fn map_readonly(&mut self, gpa: u64, page: &RegisterPage) -> Result<bool, Error> {
+    pub fn map_readonly(&mut self, gpa: u64, page: &RegisterPage) -> bool {
         if !self.readonly_mem {
-            return Ok(false);
+            return false;
         }
         let map = page.region();
         let region = kvm_userspace_memory_region {
@@ -127,10 +129,14 @@ impl Vm {
         // SAFETY: the mapping is kept alive in `self.pages`, which is dropped after the VM's
         // descriptor; the slot is new and the caller places it in the MMIO hole, where no RAM
         // slot lies.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(Error::Memory)?;
+        if let Err(e) = unsafe { self.fd.set_user_memory_region(region) } {
+            // The registers then exit on every access, as without the capability.
+            warn!(error = %e, gpa = format_args!("{gpa:#x}"), "cannot map a register page");
+            return false;
+        }
         self.next_slot += 1;
         self.pages.push(page.clone());
-        Ok(true)
+        true
     }
 
     /// Raises IOAPIC pin `gsi` whenever `evt` is written.
@@ -141,10 +147,16 @@ impl Vm {
     }
 
     /// Signals `evt` when the guest writes anything at MMIO address `addr`, in the kernel.
-    pub fn ioeventfd_any(&self, evt: &EventFd, addr: u64) -> Result<(), Error> {
+    /// Returns false, registering nothing, where KVM cannot match a write of any length
+    /// (`KVM_CAP_IOEVENTFD_NO_LENGTH`): such writes then exit.
+    pub fn ioeventfd_any(&self, evt: &EventFd, addr: u64) -> Result<bool, Error> {
+        if !self.fd.check_extension(Cap::IoeventfdNoLength) {
+            return Ok(false);
+        }
         self.fd
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| Error::Eventfd("ioeventfd", e))
+            .map_err(|e| Error::Eventfd("ioeventfd", e))?;
+        Ok(true)
     }
 
     /// Signals `evt` when the guest writes `value` (32 bits) at MMIO address `addr`.

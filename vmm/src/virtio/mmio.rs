@@ -338,6 +338,13 @@ impl<B: Backend> VirtioMmio<B> {
             if st & status::FEATURES_OK == 0 {
                 st &= !status::DRIVER_OK;
             } else {
+                // The worker may signal as soon as its first queue starts, while the others
+                // are still being set up: another vCPU reading the page meanwhile must already
+                // find "used buffer", or its driver would take the interrupt for someone
+                // else's. (A failed start renders the page again, without it.)
+                if let Some(page) = &self.page {
+                    page.store(reg::INTERRUPT_STATUS as usize, INT_VRING);
+                }
                 match self.activate() {
                     Ok(()) => self.live = true,
                     Err(e) => {

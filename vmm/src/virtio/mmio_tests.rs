@@ -12,6 +12,8 @@ struct Calls {
     activated: Vec<(u64, Vec<Option<QueueSetup>>)>,
     resets: usize,
     kicks: Vec<usize>,
+    /// InterruptStatus as the register page had it while the backend was starting.
+    isr_while_starting: Vec<u32>,
 }
 
 struct Fake {
@@ -19,6 +21,8 @@ struct Fake {
     config: Vec<u8>,
     calls: Arc<Mutex<Calls>>,
     fail: bool,
+    /// The page other vCPUs read, looked at from inside `activate`.
+    page: Option<RegisterPage>,
 }
 
 impl Backend for Fake {
@@ -40,6 +44,10 @@ impl Backend for Fake {
         driver_features: u64,
         queues: &[Option<QueueSetup>],
     ) -> Result<(), crate::virtio::vhost_user::Error> {
+        if let Some(p) = &self.page {
+            let isr = p.load(reg::INTERRUPT_STATUS as usize);
+            self.calls.lock().unwrap().isr_while_starting.push(isr);
+        }
         if self.fail {
             return Err(crate::virtio::vhost_user::Error::NoQueues);
         }
@@ -66,6 +74,7 @@ fn device(fail: bool) -> (VirtioMmio<Fake>, Arc<Mutex<Calls>>) {
         config: (1..=8).collect(),
         calls: calls.clone(),
         fail,
+        page: None,
     };
     (VirtioMmio::new("vdt".into(), 2, fake, ram), calls)
 }
@@ -307,4 +316,27 @@ fn the_register_page_follows_every_write() {
     w(&mut d, 0x0f8, 0xdead_beef);
     w(&mut d, reg::CONFIG, 0xdead_beef);
     assert_page_mirrors(&d, &page, "after odd writes");
+}
+
+#[test]
+fn while_the_backend_starts_the_page_already_says_used_buffer() {
+    // Another vCPU may take the worker's first interrupt while the core is still starting the
+    // other queues: it must read "used buffer" then. A start that fails takes it back.
+    for fail in [false, true] {
+        let (mut d, calls) = device(fail);
+        let page = RegisterPage::new().unwrap();
+        d.backend.page = Some(page.clone());
+        d.attach_page(page.clone());
+        negotiate(&mut d, FEATURES);
+        setup_queue(&mut d, 0, 64);
+        w(&mut d, reg::STATUS, ALL_OK);
+        assert_eq!(calls.lock().unwrap().isr_while_starting, [INT_VRING]);
+        let after = if fail { 0 } else { INT_VRING };
+        assert_eq!(
+            page.load(reg::INTERRUPT_STATUS as usize),
+            after,
+            "fail={fail}"
+        );
+        assert_page_mirrors(&d, &page, "after the start");
+    }
 }

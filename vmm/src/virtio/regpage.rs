@@ -18,8 +18,13 @@
 //! InterruptStatus and a write of InterruptACK, and QEMU (like ward without this page) handles
 //! both in user space, two full round trips through the VMM per interrupt.
 //!
-//! Where KVM cannot map read-only memory (no `KVM_CAP_READONLY_MEM`) nothing is mapped and
-//! every access exits as before.
+//! Where KVM cannot map read-only memory (no `KVM_CAP_READONLY_MEM`), or refuses the slot,
+//! nothing is mapped and every access exits as before; where it cannot match a write of any
+//! length (no `KVM_CAP_IOEVENTFD_NO_LENGTH`), InterruptACK exits (and does nothing).
+//!
+//! While the device starts (DRIVER_OK), the page says "used buffer" before the core starts the
+//! worker's queues: the worker may signal as soon as its first queue runs, and a vCPU other
+//! than the one starting the device must not find InterruptStatus still 0 then.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

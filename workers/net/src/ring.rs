@@ -202,9 +202,18 @@ pub fn complete_all(ctx: &Ctx<'_, impl Sized>, vring: &VringRwLock, chains: &[(u
     let mut state = vring.get_mut();
     let q = state.get_queue_mut();
     let (size, used) = (q.size(), q.used_ring());
+    // The heads are what the guest put in the available ring: the library hands them over
+    // unchecked (its add_used checks them, as this does, before anything is written).
+    if let Some(&(head, _)) = chains.iter().find(|&&(head, _)| head >= size) {
+        ring_error(
+            ctx.metrics,
+            "cannot return chains",
+            &format_args!("head {head} is out of range for a queue of {size}"),
+        );
+        return;
+    }
     let next = Wrapping(q.next_used());
     for (i, &(head, len)) in chains.iter().enumerate() {
-        // The heads come from the available ring through the library, which checks them.
         let slot = (next + Wrapping(i as u16)).0 % size.max(1);
         // struct virtq_used_elem { le32 id; le32 len; }
         let elem = (u64::from(head) | (u64::from(len) << 32)).to_le();
@@ -251,6 +260,10 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 #[derive(Debug, Default)]
 pub struct Signal {
     last: Option<Wrapping<u16>>,
+    /// The ring (used ring address, size) the last decision was about: a decision about
+    /// another one (the queue was set up again without this side hearing of a stop) starts
+    /// afresh.
+    ring: (u64, u16),
 }
 
 impl Signal {
@@ -276,6 +289,11 @@ impl Signal {
         let state = vring.get_ref();
         let q = state.get_queue();
         let new = Wrapping(q.next_used());
+        let ring = (q.used_ring(), q.size());
+        if ring != self.ring {
+            self.ring = ring;
+            self.last = None;
+        }
         // The used index (stored by complete_all) before the driver's word is read.
         fence(Ordering::SeqCst);
         let flags_or_event = if ctx.event_idx {
